@@ -1,0 +1,197 @@
+"""The `cvret` command: a thin click layer over the library (parse, call, print).
+
+Every expected failure is a CvretError and becomes one line on stderr with exit code 1;
+a Ctrl-C during `cvret index` leaves the committed batches in place (exit code 130).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import CvretError
+
+WEIGHTS_HELP = ("'openai' (open_clip's download/cache), 'untrained' (random weights from --seed: tests and "
+                "offline demos only, numbers are not the paper's), or a path to a local checkpoint")
+
+
+def _fail(msg: str, code: int = 1):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+class CvretGroup(click.Group):
+    """Turns CvretError into a one-line message instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CvretError as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except KeyboardInterrupt:
+            _fail("interrupted; what was committed is kept, run the same command again to resume", 130)
+
+
+@click.group(cls=CvretGroup)
+@click.version_option(__version__, prog_name="cvret")
+def main():
+    """cvret: retrieve 3D shapes from freehand sketches (CLIP RN101 layer-3 features + FAISS)."""
+
+
+def encoder_options(f):
+    f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="compute precision (auto: fastest that keeps rankings, see README)")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")(f)
+    return f
+
+
+@main.command("index")
+@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="index folder to create or update")
+@click.option("--pattern", "patterns", multiple=True,
+              help="relative path pattern with {domain} {shape} {viewpoint} [{ext}] (repeatable); "
+                   "default: the cvret layout {domain}/{shape}/{viewpoint}.{ext}")
+@click.option("--default-domain", default="sketch", show_default=True,
+              help="domain of views matched by a pattern without {domain}")
+@click.option("--domains", default=None, help="comma-separated domains to embed (default: all found)")
+@click.option("--azimuths", default=None, help="declare viewpoints by azimuth, e.g. 0,30,75 (default: dataset.json)")
+@click.option("--elevation", type=float, default=10.0, show_default=True)
+@click.option("--weights", default="openai", show_default=True, help=WEIGHTS_HELP)
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of untrained weights")
+@click.option("--layer", type=click.Choice(["layer1", "layer2", "layer3", "layer4"]), default="layer3",
+              show_default=True, help="open_clip stage whose output is the feature (CLIPasso's 'layer 3' = layer2)")
+@encoder_options
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--strict", is_flag=True, help="stop at the first unreadable view instead of skipping it")
+@click.option("--max-pixels", type=int, default=None, help="largest image accepted (default 100,000,000)")
+@click.option("--overwrite", is_flag=True, help="discard an existing index in --out and start again")
+@click.option("--prune", is_flag=True, help="drop stored views whose files are no longer in the dataset")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
+              device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, as_json, quiet):
+    """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
+    from .dataset import discover
+    from .encoder import EncoderSpec
+    from .indexer import build_index
+    from .viewpoints import make_viewpoints, parse_azimuths
+
+    vps = None
+    if azimuths:
+        try:
+            vps = make_viewpoints(parse_azimuths(azimuths), elevation)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--azimuths")
+    dom = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
+    ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
+                  default_domain=default_domain)
+    for p in ds.problems[:20]:
+        click.echo(f"warning: {p}", err=True)
+    if len(ds.problems) > 20:
+        click.echo(f"warning: ... and {len(ds.problems) - 20} more dataset problems", err=True)
+    spec = EncoderSpec(weights=weights, layer=layer, seed=seed)
+    if weights == "untrained" and not as_json:
+        click.echo(f"note: untrained RN101 weights (seed {seed}): features are random projections, not CLIP's; "
+                   "numbers from this index are not the paper's", err=True)
+    rep = build_index(ds, out, spec, domains=dom, device=device, precision=precision, batch_size=batch_size,
+                      feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
+                      prune=prune, progress=not quiet)
+    for path, msg in rep.failed:
+        click.echo(f"skipped: {msg}", err=True)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"{out}: {rep.embedded} embedded, {rep.copied} copied from identical images, "
+                   f"{rep.unchanged} unchanged, {len(rep.failed)} skipped "
+                   f"({rep.seconds:.1f} s; {rep.views_per_second:.1f} views/s embedding)")
+
+
+@main.command("query")
+@click.argument("sketch", required=False, type=click.Path(path_type=Path))
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--view", "views", multiple=True, metavar="VIEWPOINT=IMAGE",
+              help="a sketch view with a known viewpoint (repeatable): shapes ranked by the mean over views")
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--domain", default="npr", show_default=True, help="gallery domain (npr, rgb, ...)")
+@click.option("--viewpoint", default=None, help="only this gallery viewpoint (per-view queries)")
+@click.option("--pairs", is_flag=True, help="list (shape, viewpoint) pairs instead of one best viewpoint per shape")
+@click.option("--weights", default=None, help="local weights file, when the index was built with one")
+@encoder_options
+@click.option("--json", "as_json", is_flag=True, help="print hits as JSON")
+def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, precision, device, as_json):
+    """Rank shapes for SKETCH (or for several --view VIEWPOINT=IMAGE sketches)."""
+    from .images import load_image
+    from .search import open_engine
+
+    if k < 1:
+        raise click.BadParameter("must be at least 1", param_hint="-k")
+    if (sketch is None) == (not views):
+        raise click.UsageError("give either one SKETCH or one or more --view VIEWPOINT=IMAGE")
+    engine = open_engine(index_dir, weights=weights, device=device, precision=precision)
+    excluded = 0
+    if sketch is not None:
+        hits = engine.query(load_image(sketch), domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
+        query = {"sketch": str(sketch)}
+    else:
+        parsed = {}
+        for item in views:
+            if "=" not in item:
+                raise click.BadParameter(f"{item!r} is not VIEWPOINT=IMAGE", param_hint="--view")
+            vp, path = item.split("=", 1)
+            parsed[vp.strip()] = load_image(path)
+        hits, excluded = engine.query_views(parsed, domain=domain, k=k)
+        query = {"views": dict(v.split("=", 1) for v in views)}
+    if as_json:
+        click.echo(json.dumps({"query": query, "index": str(index_dir), "domain": domain,
+                               "weights": engine.index.fingerprint.get("weights"),
+                               "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]},
+                              indent=2, ensure_ascii=False))
+        return
+    click.echo(format_hits(hits))
+    if excluded:
+        click.echo(f"({excluded} shapes left out: they lack one of the query viewpoints)")
+
+
+def format_hits(hits) -> str:
+    rows = [("rank", "shape", "category", "viewpoint", "domain", "distance", "path")]
+    rows += [(str(h.rank), h.shape, h.category or "-", h.viewpoint, h.domain, f"{h.distance:.6g}", h.path)
+             for h in hits]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows)
+
+
+@main.command("info")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def info_cmd(index_dir, as_json):
+    """What an index holds: shapes, domains, viewpoints, encoder fingerprint, size on disk."""
+    from .index import ShapeIndex
+
+    with ShapeIndex(index_dir, gpu="never") as si:
+        s = si.summary()
+    if as_json:
+        click.echo(json.dumps(s, indent=2, ensure_ascii=False))
+        return
+    fp = s["fingerprint"]
+    click.echo(f"index:       {s['index']}")
+    click.echo(f"shapes:      {s['shapes']}" + (f"  ({', '.join(f'{k}: {v}' for k, v in s['categories'].items())})"
+                                               if s["categories"] else ""))
+    click.echo(f"views:       {s['views']}  ({', '.join(f'{k}: {v}' for k, v in s['domains'].items())})")
+    click.echo("viewpoints:  " + ", ".join(f"{v['name']} (az {v['azimuth']:g}, el {v['elevation']:g})"
+                                           for v in s["viewpoints"]))
+    click.echo(f"encoder:     {fp.get('model')} {fp.get('layer')} weights={fp.get('weights')} "
+               f"input={fp.get('image_size')} precision={fp.get('precision')}")
+    click.echo(f"features:    {s['feature_dim']} x {s['feature_dtype']}; layout {s['layout']}")
+    click.echo(f"size:        {s['size_bytes'] / 1e6:.1f} MB on disk ({s['bytes_per_view'] / 1e3:.0f} kB per view)")
+    if str(fp.get("weights", "")).startswith("untrained"):
+        click.echo("note:        untrained weights: numbers from this index are not the paper's")
+    if s["problems"]:
+        click.echo(f"problems:    {len(s['problems'])} at the last build, e.g. {s['problems'][0]}")
+
+
+if __name__ == "__main__":
+    main()

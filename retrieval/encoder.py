@@ -1,0 +1,369 @@
+"""CLIP ResNet101 feature extraction at an intermediate layer, with weights resolved in one place.
+
+The seed uses "the third layer of the pretrained ResNet101 CLIP image encoder, following
+CLIPasso". open_clip names the residual stages `layer1`..`layer4` after a 3-conv stem, so
+its `layer3` gives 1024×14×14 at 224 px (our default); CLIPasso counts the stem as a layer,
+so its "layer 3" is open_clip's `layer2` (512×28×28). Both are available through `layer=`.
+
+Weights are resolved by `resolve_weights` (like open_clip's factory): `openai` (open_clip's
+download and cache), a local checkpoint file, or `untrained` with a seed — the last one an
+explicit choice for tests and the offline demo, recorded in the fingerprint so that an index
+built with random weights can never be queried with real ones (or the reverse).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import EncoderError
+from .images import content_sha256, load_image, preprocess_array
+
+MODEL_NAME = "RN101"
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+PREPROCESS_VERSION = "white-alpha/pad-white-square/bicubic/clip-norm/v1"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Keys whose equality makes two encoders interchangeable; the rest is recorded for information.
+COMPARED_KEYS = ("model", "layer", "weights", "image_size", "preprocess")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What to build: model, layer and weights (`openai`, `untrained`, or a checkpoint path)."""
+    weights: str = "openai"
+    layer: str = "layer3"
+    seed: int = 0
+    image_size: int = 224
+    model: str = MODEL_NAME
+
+    @classmethod
+    def from_fingerprint(cls, fp: dict, weights_path: str | None = None) -> "EncoderSpec":
+        """The spec that reproduces an index's encoder; a local file must be given again by path."""
+        w = str(fp.get("weights", ""))
+        if w.startswith("untrained:seed="):
+            return cls("untrained", fp["layer"], int(w.split("=", 1)[1]), int(fp["image_size"]), fp["model"])
+        if w == "openai":
+            return cls("openai", fp["layer"], 0, int(fp["image_size"]), fp["model"])
+        if w.startswith("sha256:"):
+            if not weights_path:
+                raise EncoderError(
+                    f"the index was built with a local weights file ({w[:19]}...); pass it with --weights PATH")
+            return cls(weights_path, fp["layer"], 0, int(fp["image_size"]), fp["model"])
+        raise EncoderError(f"unknown weights in fingerprint: {w!r}")
+
+
+def weights_identity(spec: EncoderSpec) -> str:
+    if spec.weights == "untrained":
+        return f"untrained:seed={spec.seed}"
+    if spec.weights == "openai":
+        return "openai"
+    path = Path(spec.weights)
+    if not path.is_file():
+        raise EncoderError(f"{path}: weights file not found (use 'openai', 'untrained', or a checkpoint path)")
+    return "sha256:" + content_sha256(path)
+
+
+def fingerprint_matches(a: dict, b: dict) -> list[str]:
+    """Names of the compared keys on which two fingerprints differ (empty list = compatible)."""
+    return [k for k in COMPARED_KEYS if str(a.get(k)) != str(b.get(k))]
+
+
+def describe_mismatch(index_fp: dict, enc_fp: dict, where: str) -> str:
+    diffs = fingerprint_matches(index_fp, enc_fp)
+    parts = ", ".join(f"{k}: index {index_fp.get(k)!r} vs encoder {enc_fp.get(k)!r}" for k in diffs)
+    return f"{where}: the index was built with another encoder ({parts})"
+
+
+# ---------------------------------------------------------------- weights resolution
+
+def _openai_checkpoint() -> Path:
+    """Path of the cached openai RN101 checkpoint, downloading it when the network allows."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(MODEL_NAME, "openai")
+    hf = cfg.get("hf_hub", "").rstrip("/")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        for fname in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
+            hit = try_to_load_from_cache(hf, fname)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit)
+    except Exception:  # cache probing is best effort
+        pass
+    url_cache = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg.get("url", "RN101.pt"))
+    if url_cache.is_file():
+        return url_cache
+    if not _network_reachable("huggingface.co"):
+        raise EncoderError(
+            "cannot fetch the openai RN101 weights (offline, not in the cache): pass --weights PATH to a local "
+            "checkpoint (OpenAI RN101.pt or an open_clip state dict), or --weights untrained --seed N "
+            "for random weights (tests, offline demo; numbers are not the paper's)")
+    try:
+        return Path(download_pretrained(cfg))
+    except Exception as e:
+        raise EncoderError(
+            f"cannot fetch the openai RN101 weights ({str(e).splitlines()[0][:160]}): pass --weights PATH "
+            "to a local checkpoint, or --weights untrained --seed N") from None
+
+
+def _network_reachable(host: str, timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _read_state_dict(path: Path) -> dict:
+    """Visual-tower tensors from an OpenAI JIT archive, an open_clip state dict, or a visual-only dict."""
+    sd = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except Exception:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:
+            if path.suffix == ".safetensors":
+                try:
+                    from safetensors.torch import load_file
+                    sd = load_file(str(path))
+                except Exception as e2:
+                    raise EncoderError(f"{path}: not a readable checkpoint ({e2})") from None
+            else:
+                raise EncoderError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:160]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise EncoderError(f"{path}: checkpoint holds no state dict")
+    out = {}
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            continue
+        k = k[len("module."):] if k.startswith("module.") else k
+        if k.startswith("visual."):
+            out[k[len("visual."):]] = v
+        elif k.startswith("visual_encoder."):
+            out[k[len("visual_encoder."):]] = v
+        elif not any(k.startswith(p) for p in ("transformer.", "token_embedding", "ln_final", "text_projection",
+                                               "positional_embedding", "logit_scale", "attn_mask")):
+            out[k] = v
+    return out
+
+
+def build_visual(spec: EncoderSpec) -> torch.nn.Module:
+    """The RN101 visual tower with the requested weights, cut after `spec.layer`."""
+    if spec.layer not in LAYERS:
+        raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
+    if spec.model != MODEL_NAME:
+        raise EncoderError(f"unsupported model {spec.model!r}; cvret extracts features from {MODEL_NAME}")
+    checkpoint = None
+    if spec.weights == "openai":
+        checkpoint = _openai_checkpoint()
+    elif spec.weights != "untrained":
+        checkpoint = Path(spec.weights)
+        if not checkpoint.is_file():
+            raise EncoderError(f"{checkpoint}: weights file not found (use 'openai', 'untrained', or a checkpoint path)")
+    visual = _new_visual_tower(spec)
+    if checkpoint is not None:
+        sd = _read_state_dict(checkpoint)
+        needed = [k for k in visual.state_dict() if k.split(".")[0] in _modules_up_to(spec.layer)]
+        missing = [k for k in needed if k not in sd]
+        if missing:
+            raise EncoderError(f"{checkpoint}: not an RN101 visual checkpoint (missing {len(missing)} tensors, "
+                               f"e.g. {missing[0]})")
+        try:
+            visual.load_state_dict({k: v for k, v in sd.items() if k in visual.state_dict()}, strict=False)
+        except RuntimeError as e:
+            raise EncoderError(f"{checkpoint}: tensors do not fit RN101 ({str(e).splitlines()[0][:160]})") from None
+    # Drop what the feature never uses: no compute, no memory for layer4 / attention pool.
+    keep = _modules_up_to(spec.layer)
+    for name in list(dict(visual.named_children())):
+        if name not in keep:
+            setattr(visual, name, torch.nn.Identity())
+    return visual.eval()
+
+
+def _new_visual_tower(spec: EncoderSpec) -> torch.nn.Module:
+    """open_clip's RN101 visual tower, randomly initialised from `spec.seed` (weights loaded later).
+
+    Built without the text tower; its initial weights equal `open_clip.create_model('RN101').visual`
+    under the same seed.
+    """
+    import open_clip
+
+    torch.manual_seed(spec.seed)
+    try:
+        from open_clip.model import _build_vision_tower
+
+        cfg = open_clip.get_model_config(spec.model)
+        return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=True)
+    except (ImportError, TypeError, KeyError):  # a future open_clip without the helper
+        import logging
+
+        logging.getLogger("root").setLevel(logging.ERROR)
+        return open_clip.create_model(spec.model, pretrained=None).visual
+
+
+def _modules_up_to(layer: str) -> set[str]:
+    stem = {"conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool"}
+    return stem | set(LAYERS[: LAYERS.index(layer) + 1])
+
+
+# ---------------------------------------------------------------- the encoder
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EncoderError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` picks the fastest precision that meets the ranking-agreement target (see README, Performance)."""
+    if precision not in PRECISIONS:
+        raise EncoderError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+class LayerEncoder:
+    """Batched layer-N feature extraction; every domain gets the same preprocessing."""
+
+    def __init__(self, spec: EncoderSpec, device: str = "auto", precision: str = "auto"):
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self._weights_id = weights_identity(spec)
+        visual = build_visual(spec)
+        if self.precision == "fp16" and self.device.type == "cuda":
+            visual = visual.half()
+        self.visual = visual.to(self.device, memory_format=torch.channels_last)
+        with torch.inference_mode():
+            probe = self._forward(torch.zeros(1, 3, spec.image_size, spec.image_size))
+        self.feature_shape = tuple(probe.shape[1:])
+        self.feature_dim = int(np.prod(self.feature_shape))
+
+    @property
+    def fingerprint(self) -> dict:
+        return {
+            "model": self.spec.model,
+            "layer": self.spec.layer,
+            "weights": self._weights_id,
+            "image_size": self.spec.image_size,
+            "preprocess": PREPROCESS_VERSION,
+            "feature_shape": list(self.feature_shape),
+            "precision": self.precision,
+            "torch": torch.__version__.split("+")[0],
+        }
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        v = self.visual
+        if self.precision == "fp16" and self.device.type == "cuda":
+            x = x.half()
+            return self._run(v, x)
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                return self._run(v, x)
+        return self._run(v, x)
+
+    def _run(self, v, x):
+        x = v.stem(x)
+        for name in LAYERS[: LAYERS.index(self.spec.layer) + 1]:
+            x = getattr(v, name)(x)
+        return x
+
+    def encode_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """(B,3,H,W) preprocessed float32 → (B, D) float32 features, flattened C,H,W."""
+        with torch.inference_mode():
+            out = self._forward(torch.from_numpy(np.ascontiguousarray(batch)))
+            out = out.float().contiguous().reshape(out.shape[0], -1)
+            return out.cpu().numpy()
+
+    def encode_images(self, images: Iterable) -> np.ndarray:
+        """PIL images or paths → (B, D) float32 features (raises ImageError on the first bad image)."""
+        arrs = [preprocess_array(load_image(im) if isinstance(im, (str, Path)) else im, self.spec.image_size)
+                for im in images]
+        return self.encode_arrays(np.stack(arrs))
+
+    def encode_paths(self, paths: list[str], batch_size: int = 16, max_pixels: int | None = None,
+                     on_error: Callable[[int, Exception], None] | None = None,
+                     workers: int = 2) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Yield (positions, features) per batch; decoding runs in threads, overlapping the forward pass.
+
+        Images that fail to load are passed to `on_error(position, error)` and left out; with no
+        `on_error` the first failure is raised.
+        """
+        size = self.spec.image_size
+
+        def prepare(p):
+            try:
+                return preprocess_array(load_image(p, max_pixels=max_pixels), size), None
+            except Exception as e:  # reported per image, never fatal for the batch
+                return None, e
+
+        pending: list[int] = []
+        arrays: list[np.ndarray] = []
+        for pos, (arr, err) in enumerate(prefetch(prepare, paths, workers, window=2 * batch_size)):
+            if err is not None:
+                if on_error is None:
+                    raise err
+                on_error(pos, err)
+                continue
+            pending.append(pos)
+            arrays.append(arr)
+            if len(arrays) == batch_size:
+                yield pending, self.encode_arrays(np.stack(arrays))
+                pending, arrays = [], []
+        if arrays:
+            yield pending, self.encode_arrays(np.stack(arrays))
+
+
+def prefetch(fn, items, workers: int, window: int):
+    """Ordered `map(fn, items)` on a thread pool with at most `window` results in flight (flat memory)."""
+    from collections import deque
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        queue: deque = deque()
+        it = iter(items)
+        for item in it:
+            queue.append(pool.submit(fn, item))
+            if len(queue) >= window:
+                break
+        while queue:
+            fut = queue.popleft()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                queue.append(pool.submit(fn, nxt))
+            yield fut.result()
+
+
+_END = object()

@@ -1,0 +1,121 @@
+"""Reading any image safely and preprocessing it the same way for every domain.
+
+Sketches arrive as 16-bit scans, palette PNGs, RGBA exports with transparent backgrounds,
+or huge photographs; all of them become the same thing: RGB on white, padded to a white
+square, resized to the model's input size (bicubic), normalised with CLIP's mean and std.
+Every failure is an `ImageError` whose message names the file and the problem.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+DEFAULT_MAX_PIXELS = 100_000_000  # about 10,000 × 10,000; raise with --max-pixels
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode `path` into an RGB image on white, or raise ImageError naming the file and the problem."""
+    path = Path(path)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(path)
+        w, h = im.size
+        if w * h > limit:
+            raise ImageError(f"{path}: image is {w}×{h} pixels, over the limit of {limit:,} (raise it with --max-pixels)")
+        if w == 0 or h == 0:
+            raise ImageError(f"{path}: image has no pixels ({w}×{h})")
+        if im.format == "JPEG":
+            im.draft("RGB", (1024, 1024))  # decode big JPEGs at a reduced scale: we resize to 224 anyway
+        im.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "truncated" in msg.lower() or isinstance(e, (SyntaxError, OSError)):
+            raise ImageError(f"{path}: truncated or corrupt image data ({msg})") from None
+        raise ImageError(f"{path}: cannot decode ({msg})") from None
+    except Exception as e:  # decoders raise odd things on hostile files
+        raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    try:
+        return to_rgb_on_white(im)
+    except Exception as e:
+        raise ImageError(f"{path}: unsupported pixel format {im.mode!r} ({e})") from None
+
+
+def to_rgb_on_white(im: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB, transparent parts composited on white, 16-bit scaled down."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        if im.mode == "F" and a.max(initial=0) <= 1.0:
+            hi = 1.0
+        im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("LA", "La", "PA"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "RGBa"):
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        bg.alpha_composite(im.convert("RGBA"))
+        return bg.convert("RGB")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return im
+
+
+def pad_to_square(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    if w == h:
+        return im
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def preprocess_image(im: Image.Image, size: int = 224) -> Image.Image:
+    """RGB on white → white-padded square at `size`×`size` (bicubic)."""
+    im = pad_to_square(to_rgb_on_white(im))
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return im
+
+
+def preprocess_array(im: Image.Image, size: int = 224) -> np.ndarray:
+    """(3, size, size) float32, CLIP-normalised."""
+    a = np.asarray(preprocess_image(im, size), dtype=np.float32) / 255.0
+    a = (a - CLIP_MEAN) / CLIP_STD
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def content_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,167 @@
+"""Building an index folder from a dataset: hash, embed what is new, append, rebuild FAISS.
+
+Resumable by construction: every batch is committed to the store before the next one
+starts, and a view whose (domain, shape, viewpoint) already holds the same image content
+is never embedded again; an identical image stored under another key is copied, not
+re-embedded. Unreadable views are reported and skipped (or stop the run with `strict`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .dataset import Dataset
+from .encoder import COMPARED_KEYS, PREPROCESS_VERSION, EncoderSpec, LayerEncoder, weights_identity
+from .errors import CvretError, EncoderError, ImageError, StoreError
+from .images import content_sha256
+from .index import MANIFEST, write_indexes
+from .store import STORE_FILE, FeatureStore
+
+
+@dataclass
+class IndexReport:
+    index: str
+    embedded: int = 0
+    copied: int = 0          # identical image content already stored under another key
+    unchanged: int = 0       # already stored with the same content
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    recovered_rows: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    total_views: int = 0
+
+    @property
+    def views_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "embedded": self.embedded, "copied": self.copied, "unchanged": self.unchanged,
+                "failed": [{"path": p, "error": m} for p, m in self.failed], "problems": self.problems,
+                "recovered_rows": self.recovered_rows, "seconds": round(self.seconds, 3),
+                "views_per_second": round(self.views_per_second, 2), "total_views": self.total_views}
+
+
+def expected_fingerprint(spec: EncoderSpec) -> dict:
+    """The compared part of an encoder's fingerprint, known without loading the model."""
+    return {"model": spec.model, "layer": spec.layer, "weights": weights_identity(spec),
+            "image_size": spec.image_size, "preprocess": PREPROCESS_VERSION}
+
+
+def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains: list[str] | None = None,
+                device: str = "auto", precision: str = "auto", batch_size: int = 16,
+                feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
+                overwrite: bool = False, prune: bool = False, progress: bool = True,
+                encoder: LayerEncoder | None = None, log=print) -> IndexReport:
+    out = Path(out)
+    t0 = time.perf_counter()
+    report = IndexReport(index=str(out), problems=list(dataset.problems))
+    store_path = out / STORE_FILE
+    if overwrite and out.exists():
+        for p in [store_path, out / MANIFEST, *out.glob("*.faiss"), *out.glob("*.rows.npy")]:
+            if p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+    views = [v for v in dataset.views if not domains or v.domain in domains]
+    if not views:
+        raise CvretError(f"{dataset.root}: no views in domains {', '.join(domains or [])}")
+    report.total_views = len(views)
+    want = expected_fingerprint(spec)
+
+    store = None
+    if store_path.exists():
+        store = FeatureStore(store_path, "r+")
+        have = store.fingerprint
+        diffs = [k for k in COMPARED_KEYS if str(have.get(k)) != str(want.get(k))]
+        if diffs:
+            store.close()
+            parts = ", ".join(f"{k}: stored {have.get(k)!r} vs requested {want.get(k)!r}" for k in diffs)
+            raise EncoderError(f"{store_path}: index was built with another encoder ({parts}); "
+                               "use another --out or --overwrite")
+        if store.feature_dtype != feature_dtype:
+            store.close()
+            raise StoreError(f"{store_path}: stores {store.feature_dtype} features, not {feature_dtype}; "
+                             "use another --out or --overwrite")
+        report.recovered_rows = store.recover()
+    try:
+        # Decide per view: unchanged, copy from an identical image, or embed.
+        existing = store.lookup() if store else {}
+        by_hash = store.rows_by_hash() if store else {}
+        to_embed, to_copy = [], []
+        for v in views:
+            try:
+                sha = content_sha256(v.path)
+            except OSError as e:
+                msg = f"{v.path}: cannot read ({e.strerror or e})"
+                if strict:
+                    raise ImageError(msg) from None
+                report.failed.append((v.path, msg))
+                continue
+            rec = existing.get((v.domain, v.shape, v.viewpoint))
+            if rec is not None and rec.sha256 == sha:
+                report.unchanged += 1
+            elif sha in by_hash:
+                to_copy.append((v, sha, by_hash[sha]))
+            else:
+                to_embed.append((v, sha))
+        if to_embed and encoder is None:
+            encoder = LayerEncoder(spec, device=device, precision=precision)
+        if store is None:
+            if encoder is None:
+                raise CvretError(f"{dataset.root}: no readable views to index")
+            fp = dict(encoder.fingerprint)
+            fp["feature_dtype"] = feature_dtype
+            store = FeatureStore.create(store_path, fp, encoder.feature_dim, feature_dtype)
+        if to_copy:
+            feats = store.read_features([row for _, _, row in to_copy])
+            store.append([(v.domain, v.shape, v.viewpoint, v.path, sha) for v, sha, _ in to_copy], feats)
+            report.copied = len(to_copy)
+        if to_embed:
+            _embed_all(store, encoder, to_embed, report, batch_size=batch_size, strict=strict,
+                       max_pixels=max_pixels, progress=progress)
+        if prune:
+            on_disk = {(v.domain, v.shape, v.viewpoint) for v in views}
+            gone = [r.row for key, r in store.lookup().items() if key not in on_disk]
+            store.deactivate(gone)
+        store.set_dataset_info(dataset.viewpoints, dataset.categories,
+                               report.problems + [m for _, m in report.failed], dataset.source)
+    finally:
+        if store is not None:
+            store.close()
+    write_indexes(out, progress=progress)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _embed_all(store: FeatureStore, encoder: LayerEncoder, to_embed, report: IndexReport, *, batch_size, strict,
+               max_pixels, progress):
+    paths = [v.path for v, _ in to_embed]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(paths), desc="embedding", unit="view", dynamic_ncols=True)
+
+    def on_error(pos, err):
+        msg = str(err) if isinstance(err, ImageError) else f"{paths[pos]}: {type(err).__name__}: {err}"
+        if strict:
+            raise ImageError(msg + " (--strict)")
+        report.failed.append((paths[pos], msg))
+        if bar is not None:
+            bar.update(1)
+
+    t = time.perf_counter()
+    try:
+        for positions, feats in encoder.encode_paths(paths, batch_size=batch_size, max_pixels=max_pixels,
+                                                    on_error=on_error):
+            recs = [(to_embed[p][0].domain, to_embed[p][0].shape, to_embed[p][0].viewpoint, to_embed[p][0].path,
+                     to_embed[p][1]) for p in positions]
+            store.append(recs, feats)
+            report.embedded += len(recs)
+            if bar is not None:
+                bar.update(len(recs))
+    finally:
+        report.embed_seconds = time.perf_counter() - t
+        if bar is not None:
+            bar.close()

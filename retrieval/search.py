@@ -1,0 +1,158 @@
+"""The query engine: rank (shape, viewpoint) pairs for one sketch, or shapes for several sketch views.
+
+Per-view: a sketch is compared with every view of a domain (default `npr`), optionally only
+at one viewpoint; by default each shape appears once, at its best viewpoint. View-aggregated
+(seed eq. 1): sketch views with known viewpoints rank shapes by the mean over those
+viewpoints of the view distance, the sketch's view k compared with the shape's view k.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import EncoderSpec, LayerEncoder, describe_mismatch, fingerprint_matches
+from .errors import CvretError, EncoderError
+from .index import ShapeIndex
+
+
+@dataclass
+class Hit:
+    rank: int
+    shape: str
+    category: str
+    viewpoint: str
+    domain: str
+    distance: float
+    path: str
+    per_view: dict[str, float] = field(default_factory=dict)  # aggregated queries: distance per viewpoint
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not self.per_view:
+            d.pop("per_view")
+        return d
+
+
+def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str = "auto",
+                      precision: str = "auto") -> LayerEncoder:
+    """The encoder an index was built with; a differing one stops with a clear error."""
+    spec = EncoderSpec.from_fingerprint(index.fingerprint, weights_path=weights if weights not in
+                                        (None, "openai", "untrained") else None)
+    if weights is not None and weights not in ("openai", "untrained") and spec.weights != weights:
+        spec = EncoderSpec(weights, spec.layer, spec.seed, spec.image_size, spec.model)
+    enc = LayerEncoder(spec, device=device, precision=precision)
+    if fingerprint_matches(index.fingerprint, enc.fingerprint):
+        raise EncoderError(describe_mismatch(index.fingerprint, enc.fingerprint, str(index.folder)))
+    return enc
+
+
+class QueryEngine:
+    def __init__(self, index: ShapeIndex, encoder: LayerEncoder | None = None, **encoder_options):
+        self.index = index
+        if encoder is not None and fingerprint_matches(index.fingerprint, encoder.fingerprint):
+            raise EncoderError(describe_mismatch(index.fingerprint, encoder.fingerprint, str(index.folder)))
+        self._encoder = encoder
+        self._encoder_options = encoder_options
+
+    @property
+    def encoder(self) -> LayerEncoder:
+        if self._encoder is None:
+            self._encoder = encoder_for_index(self.index, **self._encoder_options)
+        return self._encoder
+
+    def embed(self, images: list) -> np.ndarray:
+        return self.encoder.encode_images(images)
+
+    def _check_domain(self, domain: str):
+        if domain not in self.index.domains:
+            raise CvretError(f"{self.index.folder}: no {domain!r} views in this index "
+                             f"(it holds: {', '.join(self.index.domains)})")
+
+    def query(self, image, domain: str = "npr", viewpoint: str | None = None, k: int = 10,
+              per_shape: bool = True) -> list[Hit]:
+        """Rank the views of `domain` for one sketch (a path, a PIL image, or a feature vector)."""
+        feat = image if isinstance(image, np.ndarray) else self.embed([image])[0]
+        return self.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=per_shape)
+
+    def query_features(self, feat: np.ndarray, domain: str = "npr", viewpoint: str | None = None, k: int = 10,
+                       per_shape: bool = True) -> list[Hit]:
+        self._check_domain(domain)
+        vps = self.index.viewpoint_names(domain)
+        if viewpoint is not None:
+            if viewpoint not in vps:
+                raise CvretError(f"{self.index.folder}: no viewpoint {viewpoint!r} in domain {domain} "
+                                 f"(have: {', '.join(vps)})")
+            vps = [viewpoint]
+        # The k best shapes (or pairs) are always among the k best of each viewpoint's index.
+        dists, rows = [], []
+        for vp in vps:
+            d, r = self.index.search(domain, vp, feat[None, :], k)
+            dists.append(d[0])
+            rows.append(r[0])
+        d = np.concatenate(dists)
+        r = np.concatenate(rows)
+        order = np.lexsort((r, d))  # distance, then store row for a stable tie order
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for j in order:
+            rec = self.index.record(r[j])
+            if per_shape and rec.shape in seen:
+                continue
+            seen.add(rec.shape)
+            hits.append(Hit(len(hits) + 1, rec.shape, self.index.categories.get(rec.shape, ""), rec.viewpoint,
+                            rec.domain, float(d[j]), rec.path))
+            if len(hits) == k:
+                break
+        return hits
+
+    def query_views(self, views: dict[str, object], domain: str = "npr", k: int = 10) -> tuple[list[Hit], int]:
+        """Rank shapes by the mean view distance over the given {viewpoint: sketch} (seed eq. 1).
+
+        Returns the hits and the number of shapes left out because they lack one of the viewpoints.
+        """
+        self._check_domain(domain)
+        if not views:
+            raise CvretError("no sketch views given")
+        have = self.index.viewpoint_names(domain)
+        unknown = [vp for vp in views if vp not in have]
+        if unknown:
+            raise CvretError(f"{self.index.folder}: unknown viewpoint(s) {', '.join(unknown)} in domain {domain} "
+                             f"(have: {', '.join(have)})")
+        names = list(views)
+        raw = [views[n] for n in names]
+        need = [i for i, x in enumerate(raw) if not isinstance(x, np.ndarray)]
+        feats = [None] * len(raw)
+        if need:
+            enc = self.embed([raw[i] for i in need])
+            for j, i in enumerate(need):
+                feats[i] = enc[j]
+        for i, x in enumerate(raw):
+            if feats[i] is None:
+                feats[i] = x
+        shape_pos = {s: i for i, s in enumerate(self.index.shapes)}
+        total = np.zeros(len(self.index.shapes), dtype=np.float64)
+        count = np.zeros(len(self.index.shapes), dtype=np.int64)
+        per_view = np.full((len(names), len(self.index.shapes)), np.nan, dtype=np.float64)
+        for i, vp in enumerate(names):
+            d, rows = self.index.distances_to_all(domain, vp, feats[i][None, :])
+            pos = np.fromiter((shape_pos[self.index.record(r).shape] for r in rows), dtype=np.int64, count=len(rows))
+            total[pos] += d[0]
+            count[pos] += 1
+            per_view[i, pos] = d[0]
+        complete = count == len(names)
+        mean = np.where(complete, total / np.maximum(count, 1), np.inf)
+        order = np.lexsort((np.arange(len(mean)), mean))
+        hits = []
+        for si in order[: min(k, int(complete.sum()))]:
+            shape = self.index.shapes[si]
+            best = names[int(np.nanargmin(per_view[:, si]))]
+            rec = self.index.record(self.index.row_of(domain, shape, best))
+            hits.append(Hit(len(hits) + 1, shape, self.index.categories.get(shape, ""), best, domain,
+                            float(mean[si]), rec.path, {n: float(per_view[i, si]) for i, n in enumerate(names)}))
+        return hits, int((~complete).sum())
+
+
+def open_engine(index_dir: Path | str, gpu: str = "auto", **encoder_options) -> QueryEngine:
+    return QueryEngine(ShapeIndex(index_dir, gpu=gpu), **encoder_options)

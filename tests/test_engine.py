@@ -1,0 +1,220 @@
+"""The core engine through the real CLI: index, query, info; exactness against brute-force numpy."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from retrieval.index import ShapeIndex
+from retrieval.search import QueryEngine
+from retrieval.store import FeatureStore
+
+from .conftest import UNTRAINED, VIEWPOINTS, make_dataset, run_cli
+
+
+def brute_force(store: FeatureStore, query: np.ndarray, rows) -> np.ndarray:
+    feats = store.read_features(rows).astype(np.float32)
+    return ((feats - query[None, :].astype(np.float32)) ** 2).mean(axis=1)
+
+
+def test_self_query_rank1_distance0(dataset, index32):
+    img = dataset / "npr" / "shape03" / "az030.png"
+    res = run_cli(["query", img, "--index", index32, "--domain", "npr", "-k", "3", "--precision", "fp32", "--json"])
+    out = json.loads(res.output)
+    top = out["hits"][0]
+    assert (top["shape"], top["viewpoint"], top["rank"]) == ("shape03", "az030", 1)
+    assert top["distance"] <= 1e-12
+    assert out["hits"][1]["distance"] > 0
+    assert out["weights"] == "untrained:seed=0"
+    assert top["path"].endswith("az030.png") and top["category"] == "odd"
+
+
+def test_table_output_and_pairs(dataset, index32):
+    img = dataset / "sketch" / "shape01" / "az000.png"
+    shapes = run_cli(["query", img, "--index", index32, "-k", "4", "--precision", "fp32"]).output
+    assert shapes.splitlines()[0].split()[:6] == ["rank", "shape", "category", "viewpoint", "domain", "distance"]
+    assert len(shapes.strip().splitlines()) == 5
+    listed = [ln.split()[1] for ln in shapes.strip().splitlines()[1:]]
+    assert len(set(listed)) == 4  # one row per shape
+    pairs = json.loads(run_cli(["query", img, "--index", index32, "-k", "8", "--pairs", "--json",
+                                "--precision", "fp32"]).output)["hits"]
+    assert len(pairs) == 8 and len({h["shape"] for h in pairs}) <= 6  # 8 pairs over 6 shapes repeat a shape
+    assert [h["distance"] for h in pairs] == sorted(h["distance"] for h in pairs)
+
+
+@pytest.mark.parametrize("domain", ["npr", "rgb"])
+def test_per_view_ranking_equals_numpy(dataset, index32, domain):
+    with ShapeIndex(index32, gpu="never") as si:
+        eng = QueryEngine(si, precision="fp32")
+        q = eng.embed([dataset / "sketch" / "shape02" / "az075.png"])[0]
+        hits = eng.query_features(q, domain=domain, k=100, per_shape=False)
+        rows = np.concatenate([si.rows(domain, vp) for vp in VIEWPOINTS])
+        ref = brute_force(si.store, q, rows)
+        order = np.argsort(ref, kind="stable")
+        assert len(hits) == len(rows)
+        np.testing.assert_allclose([h.distance for h in hits], ref[order], rtol=1e-5, atol=1e-12)
+        got = [(h.shape, h.viewpoint) for h in hits]
+        want = [(si.record(rows[j]).shape, si.record(rows[j]).viewpoint) for j in order]
+        # identical up to exact ties in distance
+        assert [g for g, w in zip(got, want) if g != w] == [] or np.allclose(
+            sorted(ref), [h.distance for h in hits], rtol=1e-6)
+        # one viewpoint only
+        only = eng.query_features(q, domain=domain, viewpoint="az030", k=100)
+        assert {h.viewpoint for h in only} == {"az030"} and len(only) == 6
+
+
+def test_view_aggregated_equals_eq1(dataset, index32):
+    views = {vp: dataset / "sketch" / "shape04" / f"{vp}.png" for vp in ("az000", "az075")}
+    args = ["query", "--index", index32, "--json", "-k", "6", "--precision", "fp32"]
+    for vp, p in views.items():
+        args += ["--view", f"{vp}={p}"]
+    hits = json.loads(run_cli(args).output)["hits"]
+    with ShapeIndex(index32, gpu="never") as si:
+        eng = QueryEngine(si, precision="fp32")
+        q = eng.embed(list(views.values()))
+        ref = {}
+        for s in si.shapes:
+            ds = [brute_force(si.store, q[i], [si.row_of("npr", s, vp)])[0] for i, vp in enumerate(views)]
+            ref[s] = float(np.mean(ds))
+    assert [h["shape"] for h in hits] == sorted(ref, key=ref.get)
+    for h in hits:
+        assert h["distance"] == pytest.approx(ref[h["shape"]], rel=1e-5)
+        assert set(h["per_view"]) == set(views)
+
+
+def test_info(index32):
+    out = run_cli(["info", index32]).output
+    assert "shapes:      6" in out and "untrained" in out and "kB per view" in out
+    js = json.loads(run_cli(["info", index32, "--json"]).output)
+    assert js["views"] == 6 * 3 * 3 and set(js["domains"]) == {"sketch", "npr", "rgb"}
+    assert js["fingerprint"]["layer"] == "layer3" and js["feature_dim"] == 1024 * 14 * 14
+
+
+def test_float16_store_and_resume_without_reembedding(dataset, tmp_path, monkeypatch):
+    from retrieval import encoder as encmod
+
+    out = tmp_path / "idx16"
+    calls = {"n": 0}
+    real = encmod.LayerEncoder.encode_arrays
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(encmod.LayerEncoder, "encode_arrays", failing)
+    res = run_cli(["index", dataset, "--out", out, *UNTRAINED, "--batch-size", "8", "--quiet"], ok=False)
+    assert res.exit_code == 130 and "resume" in res.output
+    with FeatureStore(out / "meta.h5") as st:
+        assert st.n_views == 16  # two committed batches of 8
+        assert st.feature_dtype == "float16"
+    seen = {"n": 0}
+
+    def counting(self, batch):
+        seen["n"] += len(batch)
+        return real(self, batch)
+
+    monkeypatch.setattr(encmod.LayerEncoder, "encode_arrays", counting)
+    rep = json.loads(run_cli(["index", dataset, "--out", out, *UNTRAINED, "--batch-size", "8", "--quiet",
+                              "--json"]).output)
+    assert rep["embedded"] == 54 - 16 and rep["unchanged"] == 16 and seen["n"] == 54 - 16
+    # a third run embeds nothing
+    seen["n"] = 0
+    rep = json.loads(run_cli(["index", dataset, "--out", out, *UNTRAINED, "--quiet", "--json"]).output)
+    assert rep["embedded"] == 0 and rep["unchanged"] == 54 and seen["n"] == 0
+    with ShapeIndex(out, gpu="never") as si:
+        assert len(si.shapes) == 6 and sum(len(si.rows(d, vp)) for d in si.domains for vp in VIEWPOINTS) == 54
+
+
+def test_changed_and_copied_images(tmp_path):
+    data = make_dataset(tmp_path / "d", n_shapes=3, domains=("npr",))
+    out = tmp_path / "idx"
+    run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet"])
+    # a new shape whose images are byte-identical to shape00: copied, not embedded
+    import shutil
+    shutil.copytree(data / "npr" / "shape00", data / "npr" / "shape09")
+    # a changed image: re-embedded, the old row superseded
+    from PIL import Image
+    Image.new("RGB", (224, 224), "white").save(data / "npr" / "shape01" / "az000.png")
+    rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).output)
+    assert rep["copied"] == 3 and rep["embedded"] == 1 and rep["unchanged"] == 8
+    with ShapeIndex(out, gpu="never") as si:
+        assert len(si.rows("npr", "az000")) == 4
+        a, b = si.features("npr", [si.shapes.index("shape00"), si.shapes.index("shape09")])[0]
+        assert np.array_equal(a, b)
+
+
+def test_encoder_fingerprint_enforced(dataset, index32, tmp_path):
+    # indexing into an index built with other weights
+    res = run_cli(["index", dataset, "--out", index32, "--weights", "untrained", "--seed", "1", "--quiet"], ok=False)
+    assert res.exit_code == 1 and "another encoder" in res.output and "seed=1" in res.output
+    # a query engine with another encoder
+    from retrieval.encoder import EncoderSpec, LayerEncoder
+    from retrieval.errors import EncoderError
+    other = LayerEncoder(EncoderSpec("untrained", layer="layer2"), precision="fp32")
+    with ShapeIndex(index32, gpu="never") as si:
+        with pytest.raises(EncoderError, match="another encoder.*layer"):
+            QueryEngine(si, encoder=other)
+
+
+def test_local_weights_file(dataset, tmp_path):
+    import torch
+    from retrieval.encoder import EncoderSpec, build_visual
+
+    visual = build_visual(EncoderSpec("untrained", layer="layer4", seed=5))
+    ckpt = tmp_path / "rn101_visual.pt"
+    torch.save({"state_dict": {f"visual.{k}": v for k, v in visual.state_dict().items()}}, ckpt)
+    out = tmp_path / "idxw"
+    data = make_dataset(tmp_path / "d", n_shapes=2, domains=("npr",))
+    run_cli(["index", data, "--out", out, "--weights", ckpt, "--quiet", "--precision", "fp32"])
+    with ShapeIndex(out, gpu="never") as si:
+        assert si.fingerprint["weights"].startswith("sha256:")
+    img = data / "npr" / "shape01" / "az000.png"
+    res = run_cli(["query", img, "--index", out], ok=False)
+    assert res.exit_code == 1 and "--weights PATH" in res.output
+    hits = json.loads(run_cli(["query", img, "--index", out, "--weights", ckpt, "--json",
+                               "--precision", "fp32"]).output)["hits"]
+    assert hits[0]["shape"] == "shape01" and hits[0]["distance"] < 1e-6
+    # the same weights loaded as a seed-5 untrained model give the same features
+    from retrieval.encoder import LayerEncoder
+    a = LayerEncoder(EncoderSpec(str(ckpt)), precision="fp32").encode_images([img])
+    b = LayerEncoder(EncoderSpec("untrained", seed=5), precision="fp32").encode_images([img])
+    np.testing.assert_array_equal(a, b)
+    bad = tmp_path / "bad.pt"
+    torch.save({"foo": torch.zeros(3)}, bad)
+    res = run_cli(["index", data, "--out", tmp_path / "x", "--weights", bad, "--quiet"], ok=False)
+    assert res.exit_code == 1 and "bad.pt" in res.output and "not an RN101" in res.output
+
+
+def test_openai_offline_names_alternatives(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached checkpoint
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    res = run_cli(["index", dataset, "--out", tmp_path / "o", "--quiet"], ok=False)
+    assert res.exit_code == 1
+    assert "--weights PATH" in res.output and "untrained" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_layer_option_shapes(tmp_path):
+    from retrieval.encoder import EncoderSpec, LayerEncoder
+    enc = LayerEncoder(EncoderSpec("untrained", layer="layer2"), precision="fp32")
+    assert enc.feature_shape == (512, 28, 28)
+
+
+def test_store_truncated_rows_are_recovered(dataset, tmp_path):
+    out = tmp_path / "rec"
+    data = make_dataset(tmp_path / "d", n_shapes=2, domains=("npr",))
+    run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet"])
+    with h5py.File(out / "meta.h5", "r+") as h5:  # simulate a crash after writing rows, before the commit
+        n = h5.attrs["n_views"]
+        h5["features"].resize(n + 2, axis=0)
+        for c in h5["views"]:
+            h5["views"][c].resize(n + 2, axis=0)
+    with ShapeIndex(out, gpu="never") as si:
+        assert len(si.shapes) == 2
+    rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).output)
+    assert rep["recovered_rows"] == 2 and rep["embedded"] == 0
