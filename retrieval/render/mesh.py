@@ -1,0 +1,167 @@
+"""Loading meshes into one triangle soup and normalising them like the seed paper.
+
+Shapes arrive as OBJ/OFF/PLY/STL/GLB/GLTF files, often as scenes of many parts; the
+renderer wants one `trimesh.Trimesh` with its colours, centred on its bounding box and scaled
+to a fixed half-diagonal so that every shape fills the frame the same way. `PreparedMesh`
+bundles what every view of one shape shares (the normalised mesh, its Embree BVH, its feature
+edges, its colours), so that several viewpoints and domains pay for them once.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from ..errors import MeshError
+from .camera import RenderSettings
+
+# File types a folder scan picks up (others, e.g. .mtl, .bin, textures, are companions).
+MESH_EXTENSIONS = ("obj", "off", "ply", "stl", "glb", "gltf") + tuple(
+    e for e in ("dae", "3mf") if e in {f.lower() for f in trimesh.available_formats()})
+
+
+def mesh_name(mesh: trimesh.Trimesh) -> str:
+    """The file a mesh came from (for error messages), else '<mesh>'."""
+    meta = getattr(mesh, "metadata", None) or {}
+    return str(meta.get("file_path") or meta.get("file_name") or meta.get("name") or "<mesh>")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _to_color(part: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Bake textures/materials to vertex colours (RGB needs colours, not UV-mapped images)."""
+    vis = part.visual
+    if getattr(vis, "kind", None) == "texture":
+        try:
+            part.visual = vis.to_color()
+        except Exception:  # a broken texture must not cost the shape; it renders grey instead
+            part.visual = trimesh.visual.ColorVisuals(part)
+    return part
+
+
+def load_mesh(path) -> trimesh.Trimesh:
+    """Read any file trimesh reads as one triangle mesh (scene parts flattened with their transforms).
+
+    Raises MeshError naming the file when it is missing, unreadable, has no triangles, or has
+    non-finite vertices. Textures are baked to vertex colours; nothing else is changed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MeshError(f"{path}: mesh file does not exist")
+    if path.is_dir():
+        raise MeshError(f"{path}: is a folder, not a mesh file")
+    if path.stat().st_size == 0:
+        raise MeshError(f"{path}: empty file")
+    try:
+        scene = trimesh.load_scene(str(path), process=False)
+        parts = [g for g in scene.dump(concatenate=False) if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+    except MeshError:
+        raise
+    except Exception as e:  # trimesh raises many types (ValueError, KeyError, struct.error, ...)
+        raise MeshError(f"{path}: cannot read mesh ({_first_line(e)})") from None
+    if not parts:
+        raise MeshError(f"{path}: no triangles (empty mesh or not a mesh file)")
+    parts = [_to_color(p) for p in parts]
+    mesh = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise MeshError(f"{path}: no triangles (empty mesh or not a mesh file)")
+    used = np.unique(mesh.faces)
+    if used.size and (used.min() < 0 or used.max() >= len(mesh.vertices)):
+        raise MeshError(f"{path}: faces refer to vertices that do not exist")
+    bad = int((~np.isfinite(mesh.vertices[used])).any(axis=1).sum())
+    if bad:
+        raise MeshError(f"{path}: {bad} vertices are not finite (NaN or inf)")
+    mesh.metadata["file_path"] = str(path)
+    mesh.metadata["file_name"] = path.name
+    return mesh
+
+
+def normalize_mesh(mesh: trimesh.Trimesh, half_diagonal: float = 0.56) -> trimesh.Trimesh:
+    """A copy centred on its bounding box and scaled to the given bounding-box half-diagonal."""
+    if len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        raise MeshError(f"{mesh_name(mesh)}: empty mesh (no triangles)")
+    used = mesh.vertices[np.unique(mesh.faces)]
+    if not np.isfinite(used).all():
+        raise MeshError(f"{mesh_name(mesh)}: vertices are not finite (NaN or inf)")
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    diag = float(np.linalg.norm(hi - lo))
+    if not diag > 1e-12 * max(1.0, float(np.abs(used).max())):
+        raise MeshError(f"{mesh_name(mesh)}: zero extent (all vertices coincide)")
+    out = mesh.copy()
+    out.apply_translation(-(lo + hi) / 2.0)
+    out.apply_scale(2.0 * half_diagonal / diag)
+    return out
+
+
+def mesh_signature(mesh: trimesh.Trimesh) -> str:
+    """Content hash of geometry and colours (resume key for in-memory meshes)."""
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(mesh.vertices, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(mesh.faces, dtype=np.int64).tobytes())
+    colors = mesh_colors(mesh)
+    if colors is not None:
+        h.update(colors[0].encode())
+        h.update(np.ascontiguousarray(colors[1]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def mesh_colors(mesh: trimesh.Trimesh):
+    """('face', (F,3) float) or ('vertex', (V,3) float) in 0..1 when the mesh has colours, else None."""
+    vis = mesh.visual
+    kind = getattr(vis, "kind", None)
+    try:
+        if kind == "face":
+            return "face", np.asarray(vis.face_colors[:, :3], dtype=np.float64) / 255.0
+        if kind == "vertex":
+            return "vertex", np.asarray(vis.vertex_colors[:, :3], dtype=np.float64) / 255.0
+        if kind == "texture":
+            c = vis.to_color()
+            if c.kind == "vertex":
+                return "vertex", np.asarray(c.vertex_colors[:, :3], dtype=np.float64) / 255.0
+            if c.kind == "face":
+                return "face", np.asarray(c.face_colors[:, :3], dtype=np.float64) / 255.0
+    except Exception:
+        return None
+    return None
+
+
+class PreparedMesh:
+    """One shape ready for any number of views: normalised mesh, BVH, feature edges, colours."""
+
+    def __init__(self, mesh: trimesh.Trimesh, settings: RenderSettings):
+        from .raycast import RayScene  # local: raycast imports nothing from here, keeps import order simple
+
+        if not isinstance(mesh, trimesh.Trimesh):
+            raise TypeError(f"expected a trimesh.Trimesh, got {type(mesh).__name__}")
+        self.name = mesh_name(mesh)
+        self.mesh = normalize_mesh(mesh, settings.half_diagonal) if settings.normalize else mesh
+        if not settings.normalize:  # still refuse what cannot be rendered
+            normalize_mesh(mesh, settings.half_diagonal)
+        bounds = self.mesh.vertices[np.unique(self.mesh.faces)]
+        self.half_diagonal = float(np.linalg.norm(bounds.max(axis=0) - bounds.min(axis=0))) / 2.0
+        self.rays = RayScene(self.mesh)
+        self.colors = mesh_colors(self.mesh)
+        self._edges = None
+
+    @property
+    def edges(self):
+        """Feature-edge table (computed on first use; shared by all viewpoints)."""
+        if self._edges is None:
+            from .edges import EdgeSet
+
+            self._edges = EdgeSet.from_mesh(self.mesh)
+        return self._edges
+
+    def depth_tolerance(self, settings: RenderSettings) -> float:
+        """Occlusion slack in this mesh's units (settings are in units of a 0.56 half-diagonal)."""
+        return settings.depth_tolerance * self.half_diagonal / 0.56
+
+
+def prepare(mesh, settings: RenderSettings) -> PreparedMesh:
+    """Accept a Trimesh or an already prepared mesh (so batch code can share the BVH)."""
+    return mesh if isinstance(mesh, PreparedMesh) else PreparedMesh(mesh, settings)
