@@ -193,5 +193,79 @@ def info_cmd(index_dir, as_json):
         click.echo(f"problems:    {len(s['problems'])} at the last build, e.g. {s['problems'][0]}")
 
 
+@main.command("render")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="dataset folder to write")
+@click.option("--viewpoints", "azimuths", default="0,30,75", show_default=True, help="camera azimuths in degrees")
+@click.option("--elevation", type=float, default=10.0, show_default=True)
+@click.option("--size", type=int, default=224, show_default=True, help="output size in pixels")
+@click.option("--supersample", type=int, default=3, show_default=True, help="anti-aliasing factor")
+@click.option("--line-width", type=float, default=1.25, show_default=True, help="NPR line width in output pixels")
+@click.option("--crease-angle", type=float, default=134.43, show_default=True,
+              help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
+@click.option("--domains", default="npr,rgb", show_default=True)
+@click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
+@click.option("--force", is_flag=True, help="render again even when outputs are up to date")
+@click.option("--quiet", is_flag=True)
+def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, domains, workers,
+               force, quiet):
+    """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
+    from .render import RenderSettings, render_dataset
+    from .viewpoints import make_viewpoints, parse_azimuths
+
+    try:
+        vps = make_viewpoints(parse_azimuths(azimuths), elevation)
+        settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
+                                  crease_angle=crease_angle)
+    except ValueError as e:
+        raise click.BadParameter(str(e))
+    doms = tuple(d.strip() for d in domains.split(",") if d.strip())
+    rep = render_dataset(list(sources) if len(sources) > 1 else sources[0], out, viewpoints=vps, settings=settings,
+                         domains=doms, workers=workers, progress=not quiet, force=force)
+    click.echo(rep.summary())
+    if not rep.rendered and not rep.skipped:
+        _fail(f"{out}: no mesh could be rendered")
+
+
+@main.command("eval")
+@click.option("--index", "index_dirs", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="index folder (repeatable: several indexes side by side)")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="report folder")
+@click.option("--pairs", default="sketch-npr,sketch-rgb,npr-rgb", show_default=True,
+              help="domain pairs query-gallery, comma-separated")
+@click.option("--objects", type=int, default=10, show_default=True, help="shapes in the Fig. 1 heatmaps")
+@click.option("--study2-objects", type=int, default=100, show_default=True, help="objects averaged in Study 2")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
+@click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
+@click.option("--quiet", is_flag=True)
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, as_json, quiet):
+    """The seed's Study 1 and Study 2 as retrieval evaluations: report.json, report.md, CSVs, figures."""
+    from .index import ShapeIndex
+    from .studies import evaluate, headline_table
+
+    pair_list = []
+    for item in pairs.split(","):
+        parts = item.strip().split("-")
+        if len(parts) != 2 or not all(parts):
+            raise click.BadParameter(f"{item!r} is not DOMAIN-DOMAIN", param_hint="--pairs")
+        pair_list.append(tuple(parts))
+    names = [Path(d).name for d in index_dirs]
+    if len(set(names)) != len(names):
+        raise click.BadParameter("indexes must have distinct folder names (they label the report)")
+    sources = [ShapeIndex(d, gpu="never") for d in index_dirs]
+    try:
+        report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed, study2_objects=study2_objects,
+                          progress=not quiet and not as_json, cvret_version=__version__, memory_mb=memory_mb)
+    finally:
+        for s in sources:
+            s.close()
+    if as_json:
+        click.echo((Path(out) / "report.json").read_text(encoding="utf-8"))
+        return
+    click.echo(headline_table(report))
+    click.echo(f"report: {Path(out) / 'report.md'}")
+
+
 if __name__ == "__main__":
     main()

@@ -114,9 +114,9 @@ def pattern_regex(pattern: str) -> re.Pattern:
         elif name == "ext":
             out.append("(?P<ext>" + "|".join(IMAGE_EXTENSIONS) + ")")
         else:
-            # shape ids may not contain '/', viewpoints and domains neither; shape is lazy so that
+            # no field crosses a '/'; shape is greedy and the others lazy, so that
             # '{shape}_{viewpoint}' splits at the last underscore.
-            out.append(f"(?P<{name}>[^/]+?)" if name == "shape" else f"(?P<{name}>[^/]+)")
+            out.append(f"(?P<{name}>[^/]+)" if name == "shape" else f"(?P<{name}>[^/]+?)")
         seen.add(name)
         pos = m.end()
     out.append(re.escape(pattern[pos:]))

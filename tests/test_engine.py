@@ -22,7 +22,7 @@ def brute_force(store: FeatureStore, query: np.ndarray, rows) -> np.ndarray:
 def test_self_query_rank1_distance0(dataset, index32):
     img = dataset / "npr" / "shape03" / "az030.png"
     res = run_cli(["query", img, "--index", index32, "--domain", "npr", "-k", "3", "--precision", "fp32", "--json"])
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     top = out["hits"][0]
     assert (top["shape"], top["viewpoint"], top["rank"]) == ("shape03", "az030", 1)
     assert top["distance"] <= 1e-12
@@ -39,7 +39,7 @@ def test_table_output_and_pairs(dataset, index32):
     listed = [ln.split()[1] for ln in shapes.strip().splitlines()[1:]]
     assert len(set(listed)) == 4  # one row per shape
     pairs = json.loads(run_cli(["query", img, "--index", index32, "-k", "8", "--pairs", "--json",
-                                "--precision", "fp32"]).output)["hits"]
+                                "--precision", "fp32"]).stdout)["hits"]
     assert len(pairs) == 8 and len({h["shape"] for h in pairs}) <= 6  # 8 pairs over 6 shapes repeat a shape
     assert [h["distance"] for h in pairs] == sorted(h["distance"] for h in pairs)
 
@@ -70,7 +70,7 @@ def test_view_aggregated_equals_eq1(dataset, index32):
     args = ["query", "--index", index32, "--json", "-k", "6", "--precision", "fp32"]
     for vp, p in views.items():
         args += ["--view", f"{vp}={p}"]
-    hits = json.loads(run_cli(args).output)["hits"]
+    hits = json.loads(run_cli(args).stdout)["hits"]
     with ShapeIndex(index32, gpu="never") as si:
         eng = QueryEngine(si, precision="fp32")
         q = eng.embed(list(views.values()))
@@ -87,7 +87,7 @@ def test_view_aggregated_equals_eq1(dataset, index32):
 def test_info(index32):
     out = run_cli(["info", index32]).output
     assert "shapes:      6" in out and "untrained" in out and "kB per view" in out
-    js = json.loads(run_cli(["info", index32, "--json"]).output)
+    js = json.loads(run_cli(["info", index32, "--json"]).stdout)
     assert js["views"] == 6 * 3 * 3 and set(js["domains"]) == {"sketch", "npr", "rgb"}
     assert js["fingerprint"]["layer"] == "layer3" and js["feature_dim"] == 1024 * 14 * 14
 
@@ -119,11 +119,11 @@ def test_float16_store_and_resume_without_reembedding(dataset, tmp_path, monkeyp
 
     monkeypatch.setattr(encmod.LayerEncoder, "encode_arrays", counting)
     rep = json.loads(run_cli(["index", dataset, "--out", out, *UNTRAINED, "--batch-size", "8", "--quiet",
-                              "--json"]).output)
+                              "--json"]).stdout)
     assert rep["embedded"] == 54 - 16 and rep["unchanged"] == 16 and seen["n"] == 54 - 16
     # a third run embeds nothing
     seen["n"] = 0
-    rep = json.loads(run_cli(["index", dataset, "--out", out, *UNTRAINED, "--quiet", "--json"]).output)
+    rep = json.loads(run_cli(["index", dataset, "--out", out, *UNTRAINED, "--quiet", "--json"]).stdout)
     assert rep["embedded"] == 0 and rep["unchanged"] == 54 and seen["n"] == 0
     with ShapeIndex(out, gpu="never") as si:
         assert len(si.shapes) == 6 and sum(len(si.rows(d, vp)) for d in si.domains for vp in VIEWPOINTS) == 54
@@ -139,7 +139,7 @@ def test_changed_and_copied_images(tmp_path):
     # a changed image: re-embedded, the old row superseded
     from PIL import Image
     Image.new("RGB", (224, 224), "white").save(data / "npr" / "shape01" / "az000.png")
-    rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).output)
+    rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).stdout)
     assert rep["copied"] == 3 and rep["embedded"] == 1 and rep["unchanged"] == 8
     with ShapeIndex(out, gpu="never") as si:
         assert len(si.rows("npr", "az000")) == 4
@@ -176,7 +176,7 @@ def test_local_weights_file(dataset, tmp_path):
     res = run_cli(["query", img, "--index", out], ok=False)
     assert res.exit_code == 1 and "--weights PATH" in res.output
     hits = json.loads(run_cli(["query", img, "--index", out, "--weights", ckpt, "--json",
-                               "--precision", "fp32"]).output)["hits"]
+                               "--precision", "fp32"]).stdout)["hits"]
     assert hits[0]["shape"] == "shape01" and hits[0]["distance"] < 1e-6
     # the same weights loaded as a seed-5 untrained model give the same features
     from retrieval.encoder import LayerEncoder
@@ -216,5 +216,5 @@ def test_store_truncated_rows_are_recovered(dataset, tmp_path):
             h5["views"][c].resize(n + 2, axis=0)
     with ShapeIndex(out, gpu="never") as si:
         assert len(si.shapes) == 2
-    rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).output)
+    rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).stdout)
     assert rep["recovered_rows"] == 2 and rep["embedded"] == 0
