@@ -267,5 +267,23 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, a
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
+@main.command("demo")
+@click.option("--out", "out", default="demo_out", show_default=True, type=click.Path(path_type=Path))
+@click.option("--small", is_flag=True, help="10 shapes instead of 160 (seconds instead of minutes)")
+@click.option("--weights", default="auto", show_default=True,
+              help="auto (openai when available, else untrained with a note), or as for `cvret index`")
+@click.option("--seed", type=int, default=0, show_default=True, help="data seed and untrained-weights seed")
+@click.option("--style", default="medium", show_default=True, help="sketch style: clean, medium, abstract or 0..1")
+@encoder_options
+@click.option("--workers", type=int, default=None, help="processes for data generation")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def demo_cmd(out, small, weights, seed, style, precision, device, workers, quiet):
+    """Generate demo shapes and sketches, index them, query, and run the studies (offline)."""
+    from .demo import run_demo
+
+    run_demo(out, small=small, weights=weights, seed=seed, style=style, device=device, precision=precision,
+             workers=workers, progress=not quiet, log=click.echo)
+
+
 if __name__ == "__main__":
     main()
