@@ -70,10 +70,14 @@ def encoder_options(f):
 @click.option("--max-pixels", type=int, default=None, help="largest image accepted (default 100,000,000)")
 @click.option("--overwrite", is_flag=True, help="discard an existing index in --out and start again")
 @click.option("--prune", is_flag=True, help="drop stored views whose files are no longer in the dataset")
+@click.option("--compress", default=None, metavar="pca:R",
+              help="also build a compressed candidate index (PCA codes of R numbers; queries re-rank exactly)")
+@click.option("--compress-sample", type=int, default=2048, show_default=True, help="views sampled to fit the PCA")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
-              device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, as_json, quiet):
+              device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
+              as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
@@ -99,7 +103,7 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
                    "numbers from this index are not the paper's", err=True)
     rep = build_index(ds, out, spec, domains=dom, device=device, precision=precision, batch_size=batch_size,
                       feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
-                      prune=prune, progress=not quiet)
+                      prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample)
     for path, msg in rep.failed:
         click.echo(f"skipped: {msg}", err=True)
     if as_json:
@@ -120,9 +124,13 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
 @click.option("--viewpoint", default=None, help="only this gallery viewpoint (per-view queries)")
 @click.option("--pairs", is_flag=True, help="list (shape, viewpoint) pairs instead of one best viewpoint per shape")
 @click.option("--weights", default=None, help="local weights file, when the index was built with one")
+@click.option("--search", "mode", type=click.Choice(["exact", "compressed"]), default="exact", show_default=True,
+              help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
+@click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
 @encoder_options
 @click.option("--json", "as_json", is_flag=True, help="print hits as JSON")
-def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, precision, device, as_json):
+def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, precision, device,
+              as_json):
     """Rank shapes for SKETCH (or for several --view VIEWPOINT=IMAGE sketches)."""
     from .images import load_image
     from .search import open_engine
@@ -131,7 +139,8 @@ def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, pr
         raise click.BadParameter("must be at least 1", param_hint="-k")
     if (sketch is None) == (not views):
         raise click.UsageError("give either one SKETCH or one or more --view VIEWPOINT=IMAGE")
-    engine = open_engine(index_dir, weights=weights, device=device, precision=precision)
+    engine = open_engine(index_dir, mode=mode, candidates=candidates, weights=weights, device=device,
+                         precision=precision)
     excluded = 0
     if sketch is not None:
         hits = engine.query(load_image(sketch), domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)

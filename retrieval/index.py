@@ -58,6 +58,7 @@ class ShapeIndex:
         self._faiss: dict[tuple[str, str], object] = {}
         self._cpu: dict[tuple[str, str], object] = {}  # the CPU flat index, kept for exact re-ranking
         self._gpu_res = None
+        self._compressed = None
         self._build_tables()
 
     def close(self):
@@ -190,19 +191,33 @@ class ShapeIndex:
         co.useFloat16 = self._gpu_float16
         return faiss.index_cpu_to_gpu(self._gpu_res, 0, idx, co)
 
-    def search(self, domain: str, viewpoint: str, queries: np.ndarray, k: int,
-               exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def compressed(self):
+        """The PCA candidate index of this folder (see compress.py), loaded once."""
+        if self._compressed is None:
+            from .compress import CompressedSearch
+
+            self._compressed = CompressedSearch(self)
+        return self._compressed
+
+    def search(self, domain: str, viewpoint: str, queries: np.ndarray, k: int, exact: bool = True,
+               mode: str = "exact", candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest views of (domain, viewpoint): (nq,k) mean-squared distances and store rows.
 
         FAISS computes ||x||² + ||y||² − 2x·y, which rounds (a view's distance to itself comes
         out near 1e-10, not 0) and, on the GPU, may hold fp16 vectors; so it only proposes
         candidates, and the best ones are re-ranked from the stored features in float32. The
-        ranking then equals the exhaustive float32 one.
+        ranking then equals the exhaustive float32 one. `mode='compressed'` takes `candidates`
+        (default max(100, 10k)) from the PCA index instead and re-ranks them the same way.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.feature_dim)
-        idx = self.faiss_index(domain, viewpoint)
         rows = self.rows(domain, viewpoint)
         k = min(k, len(rows))
+        if mode == "compressed":
+            cand = self.compressed().candidates(domain, viewpoint, q, max(k, candidates or max(100, 10 * k)))
+            return self.rerank(domain, viewpoint, q, cand, k)
+        if mode != "exact":
+            raise StoreError(f"unknown search mode {mode!r}; use exact or compressed")
+        idx = self.faiss_index(domain, viewpoint)
         kk = min(len(rows), max(2 * k, k + 32)) if exact else k
         dist, ids = idx.search(q, kk)
         out_rows = rows[np.clip(ids, 0, None)]
@@ -219,13 +234,19 @@ class ShapeIndex:
 
     def rerank(self, domain: str, viewpoint: str, q: np.ndarray, cand_rows: np.ndarray,
                k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact float32 mean-squared distances of candidate rows, best k first (ties by row)."""
-        X = self.vectors(domain, viewpoint)
-        pos = self._positions(domain, viewpoint, cand_rows)
+        """Exact float32 mean-squared distances of candidate rows, best k first (ties by row).
+
+        Candidate features come from the in-memory exact index when it is loaded, else from the store.
+        """
         d_out = np.empty((len(q), k), dtype=np.float32)
         r_out = np.empty((len(q), k), dtype=np.int64)
+        in_memory = (domain, viewpoint) in self._cpu
         for i in range(len(q)):
-            d = exact_mean_sq(q[i], X[pos[i]])
+            if in_memory:
+                feats = self.vectors(domain, viewpoint)[self._positions(domain, viewpoint, cand_rows[i])]
+            else:
+                feats = self.store.read_features(cand_rows[i])
+            d = exact_mean_sq(q[i], feats)
             order = np.lexsort((cand_rows[i], d))[:k]
             d_out[i], r_out[i] = d[order], cand_rows[i][order]
         return d_out, r_out

@@ -53,9 +53,14 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 device: str = "auto", precision: str = "auto", batch_size: int = 16,
                 feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
-                encoder: LayerEncoder | None = None, log=print) -> IndexReport:
+                encoder: LayerEncoder | None = None, compress: str | None = None,
+                compress_sample: int = 2048) -> IndexReport:
     out = Path(out)
     t0 = time.perf_counter()
+    if compress is not None:
+        from .compress import parse_spec
+
+        parse_spec(compress)
     report = IndexReport(index=str(out), problems=list(dataset.problems))
     store_path = out / STORE_FILE
     if overwrite and out.exists():
@@ -131,6 +136,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
         if store is not None:
             store.close()
     write_indexes(out, progress=progress)
+    _update_compressed(out, compress, compress_sample, progress)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -165,3 +171,22 @@ def _embed_all(store: FeatureStore, encoder: LayerEncoder, to_embed, report: Ind
         report.embed_seconds = time.perf_counter() - t
         if bar is not None:
             bar.close()
+
+
+def _update_compressed(out: Path, spec: str | None, sample: int, progress: bool):
+    """Build the PCA candidate index when asked, and keep an existing one in step with the store."""
+    import json
+
+    from .compress import COMPRESSED_DIR, build_compressed, parse_spec
+    from .index import ShapeIndex
+
+    manifest = out / COMPRESSED_DIR / "manifest.json"
+    if spec is None and manifest.exists():
+        old = json.loads(manifest.read_text())
+        spec, sample = old["spec"], int(old.get("sample", sample))
+    if spec is None:
+        return
+    parse_spec(spec)
+    with ShapeIndex(out, gpu="never") as si:
+        build_compressed(si, spec, sample=sample, progress=progress)
+

@@ -14,7 +14,7 @@ import numpy as np
 
 from .encoder import EncoderSpec, LayerEncoder, describe_mismatch, fingerprint_matches
 from .errors import CvretError, EncoderError
-from .index import ShapeIndex
+from .index import ShapeIndex, exact_mean_sq
 
 
 @dataclass
@@ -49,8 +49,15 @@ def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str
 
 
 class QueryEngine:
-    def __init__(self, index: ShapeIndex, encoder: LayerEncoder | None = None, **encoder_options):
+    """Queries one index. `mode='compressed'` takes candidates from the PCA index (exact re-ranking)."""
+
+    def __init__(self, index: ShapeIndex, encoder: LayerEncoder | None = None, mode: str = "exact",
+                 candidates: int | None = None, **encoder_options):
+        if mode not in ("exact", "compressed"):
+            raise CvretError(f"unknown search mode {mode!r}; use exact or compressed")
         self.index = index
+        self.mode = mode
+        self.candidates = candidates
         if encoder is not None and fingerprint_matches(index.fingerprint, encoder.fingerprint):
             raise EncoderError(describe_mismatch(index.fingerprint, encoder.fingerprint, str(index.folder)))
         self._encoder = encoder
@@ -88,7 +95,7 @@ class QueryEngine:
         # The k best shapes (or pairs) are always among the k best of each viewpoint's index.
         dists, rows = [], []
         for vp in vps:
-            d, r = self.index.search(domain, vp, feat[None, :], k)
+            d, r = self.index.search(domain, vp, feat[None, :], k, mode=self.mode, candidates=self.candidates)
             dists.append(d[0])
             rows.append(r[0])
         d = np.concatenate(dists)
@@ -132,15 +139,37 @@ class QueryEngine:
             if feats[i] is None:
                 feats[i] = x
         shape_pos = {s: i for i, s in enumerate(self.index.shapes)}
-        total = np.zeros(len(self.index.shapes), dtype=np.float64)
-        count = np.zeros(len(self.index.shapes), dtype=np.int64)
-        per_view = np.full((len(names), len(self.index.shapes)), np.nan, dtype=np.float64)
+        n_shapes = len(self.index.shapes)
+        total = np.zeros(n_shapes, dtype=np.float64)
+        count = np.zeros(n_shapes, dtype=np.int64)
+        per_view = np.full((len(names), n_shapes), np.nan, dtype=np.float64)
+        positions = []
         for i, vp in enumerate(names):
-            d, rows = self.index.distances_to_all(domain, vp, feats[i][None, :])
-            pos = np.fromiter((shape_pos[self.index.record(r).shape] for r in rows), dtype=np.int64, count=len(rows))
-            total[pos] += d[0]
-            count[pos] += 1
-            per_view[i, pos] = d[0]
+            rows = self.index.rows(domain, vp)
+            positions.append(np.fromiter((shape_pos[self.index.record(r).shape] for r in rows), dtype=np.int64,
+                                         count=len(rows)))
+            count[positions[-1]] += 1
+        lacking = int((count < len(names)).sum())
+        if self.mode == "compressed":
+            # rank shapes on code-space distances, then compute the exact distances of the best candidates
+            cs = self.index.compressed()
+            approx = np.zeros(n_shapes)
+            for i, vp in enumerate(names):
+                approx[positions[i]] += cs.approximate_distances(domain, vp, feats[i][None, :])[0]
+            approx[count < len(names)] = np.inf
+            keep = np.argsort(approx, kind="stable")[: max(k, self.candidates or max(100, 10 * k))]
+            keep = keep[np.isfinite(approx[keep])]
+            for i, vp in enumerate(names):
+                rows = np.array([self.index.row_of(domain, self.index.shapes[s], vp) for s in keep], dtype=np.int64)
+                d = exact_mean_sq(np.asarray(feats[i], dtype=np.float32), self.index.store.read_features(rows))
+                total[keep] += d
+                per_view[i, keep] = d
+            count[np.setdiff1d(np.arange(n_shapes), keep)] = 0  # not candidates: left out of the ranking
+        else:
+            for i, vp in enumerate(names):
+                d, _ = self.index.distances_to_all(domain, vp, feats[i][None, :])
+                total[positions[i]] += d[0]
+                per_view[i, positions[i]] = d[0]
         complete = count == len(names)
         mean = np.where(complete, total / np.maximum(count, 1), np.inf)
         order = np.lexsort((np.arange(len(mean)), mean))
@@ -151,7 +180,7 @@ class QueryEngine:
             rec = self.index.record(self.index.row_of(domain, shape, best))
             hits.append(Hit(len(hits) + 1, shape, self.index.categories.get(shape, ""), best, domain,
                             float(mean[si]), rec.path, {n: float(per_view[i, si]) for i, n in enumerate(names)}))
-        return hits, int((~complete).sum())
+        return hits, lacking
 
 
 def open_engine(index_dir: Path | str, gpu: str = "auto", **encoder_options) -> QueryEngine:
