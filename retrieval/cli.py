@@ -246,10 +246,12 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--study2-objects", type=int, default=100, show_default=True, help="objects averaged in Study 2")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
+@click.option("--device", default="auto", show_default=True, help="matrix products on auto, cpu or cuda")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, as_json, quiet):
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, as_json, quiet):
     """The seed's Study 1 and Study 2 as retrieval evaluations: report.json, report.md, CSVs, figures."""
+    from . import gemm
     from .index import ShapeIndex
     from .studies import evaluate, headline_table
 
@@ -264,8 +266,10 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, a
         raise click.BadParameter("indexes must have distinct folder names (they label the report)")
     sources = [ShapeIndex(d, gpu="never") for d in index_dirs]
     try:
-        report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed, study2_objects=study2_objects,
-                          progress=not quiet and not as_json, cvret_version=__version__, memory_mb=memory_mb)
+        with gemm.on(device):
+            report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
+                              study2_objects=study2_objects, progress=not quiet and not as_json,
+                              cvret_version=__version__, memory_mb=memory_mb)
     finally:
         for s in sources:
             s.close()

@@ -40,6 +40,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import gemm
 from .errors import StudyError
 from .viewpoints import Viewpoint
 
@@ -214,7 +215,7 @@ def shape_distance_matrix(src, dom_i: str, dom_j: str, shape_idx=None, *, memory
     for r0, r1, A, Am, An, cols, D in _iter_row_blocks(src, dom_i, dom_j, idx, V, memory_mb):
         for c0, c1, B, Bm, Bn in cols:
             for k in range(V):
-                G = A[:, k, :] @ B[:, k, :].T                       # float32 products
+                G = gemm.matmul(A[:, k, :], B[:, k, :].T)           # float32 products
                 d = An[:, k, None] + Bn[None, :, k] - 2.0 * G.astype(np.float64)
                 np.maximum(d, 0.0, out=d)
                 valid = Am[:, k, None] & Bm[None, :, k]
@@ -250,7 +251,7 @@ def view_distance_matrix(src, dom_i: str, dom_j: str, shape_idx=None, *, memory_
         centre = _centre_of(fa, ma)
         A, An = _prepare(fa, ma, centre)
         B, Bn = _prepare(fb, mb, centre)
-        G = np.matmul(A, B.transpose(0, 2, 1))                      # (n, V, V) float32
+        G = gemm.matmul(A, B.transpose(0, 2, 1))                    # (n, V, V) float32
         d = An[:, :, None] + Bn[:, None, :] - 2.0 * G.astype(np.float64)
         np.maximum(d, 0.0, out=d)
         d /= D
@@ -435,7 +436,7 @@ def pair_pass(src, dom_i: str, dom_j: str, shape_idx=None, *, memory_mb: float =
         for c0, c1, B, Bm, Bn in cols:
             nb = c1 - c0
             mask_j[c0:c1] = Bm
-            G = Af @ B.reshape(nb * V, -1).T                         # float32 products
+            G = gemm.matmul(Af, B.reshape(nb * V, -1).T)             # float32 products
             d = An.reshape(-1, 1) + Bn.reshape(1, -1) - 2.0 * G.astype(np.float64)
             np.maximum(d, 0.0, out=d)
             d /= D

@@ -1,0 +1,234 @@
+"""Helpers for scripts/bench.py: timing, tables, machine information, synthetic data and indexes.
+
+Nothing here is part of the cvret library; it only measures it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+D_LAYER3 = 1024 * 14 * 14  # 200,704 floats per view (open_clip RN101 layer3 at 224 px)
+GFLOP_PER_VIEW = 15.9      # stem + layer1..layer3 of RN101 at 224 px (multiply-adds counted as 2 FLOP)
+
+
+# ------------------------------------------------------------------ timing
+
+def best_of(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Fastest wall time of `repeat` calls (seconds), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def stream_seconds(X: np.ndarray, repeat: int = 5) -> dict:
+    """Time to read every byte of X once: a BLAS sgemv (`X @ q`) and `np.add.reduce`; best of `repeat` each."""
+    q = np.ones(X.shape[1], dtype=np.float32)
+    t_gemv = best_of(lambda: X @ q, repeat)
+    t_sum = best_of(lambda: np.add.reduce(X, axis=None), repeat)
+    t = min(t_gemv, t_sum)
+    return {"sgemv_s": t_gemv, "add_reduce_s": t_sum, "stream_s": t, "bytes": int(X.nbytes),
+            "GB_per_s": X.nbytes / t / 1e9}
+
+
+# ------------------------------------------------------------------ printing
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if x != x:
+        return "nan"
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 0.01:
+        return f"{x:.{digits}g}"
+    return f"{x:.2e}"
+
+
+def ratio(x, base) -> float | None:
+    try:
+        return float(x) / float(base) if base else None
+    except (TypeError, ValueError):
+        return None
+
+
+def table(title: str, headers: list[str], rows: list[list], notes: list[str] | None = None) -> str:
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [f"\n== {title}"]
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for n in notes or []:
+        lines.append(f"   note: {n}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+# ------------------------------------------------------------------ machine
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def mem_available() -> int:
+    """MemAvailable from /proc/meminfo in bytes (0 when unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def mem_total() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine_info() -> dict:
+    import faiss
+    import torch
+
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_gb": round(mem_total() / 2**30, 1),
+        "memory_available_gb_at_start": round(mem_available() / 2**30, 1),
+        "loadavg_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": getattr(faiss, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    try:
+        import open_clip
+        info["open_clip"] = open_clip.__version__
+    except Exception:
+        pass
+    try:
+        from retrieval import __version__
+        info["cvret"] = __version__
+    except Exception:
+        pass
+    try:
+        from retrieval.encoder import cpu_has_fast_bf16
+        info["cpu_fast_bf16"] = cpu_has_fast_bf16()
+    except Exception:
+        pass
+    return info
+
+
+# ------------------------------------------------------------------ synthetic data
+
+def fill_random(X: np.ndarray, seed: int = 0, base_rows: int = 256) -> np.ndarray:
+    """Fill X in place with non-negative pseudo-features (ReLU-like) without a second full-size copy.
+
+    A random base block is tiled with a per-block offset: search speed does not depend on
+    the values, and filling at memory speed keeps the 8 GB case quick.
+    """
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    base = np.maximum(rng.standard_normal((min(base_rows, n), X.shape[1]), dtype=np.float32), 0)
+    for s in range(0, n, len(base)):
+        e = min(n, s + len(base))
+        np.add(base[: e - s], np.float32(1e-3 * (s // len(base))), out=X[s:e])
+    return X
+
+
+def random_features(n: int, d: int = D_LAYER3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 256):
+        e = min(n, s + 256)
+        X[s:e] = np.maximum(rng.standard_normal((e - s, d), dtype=np.float32), 0)
+    return X
+
+
+def make_synthetic_index(folder: Path, n_shapes: int, viewpoints, d: int = D_LAYER3, seed: int = 0,
+                         domain: str = "npr") -> Path:
+    """A real cvret index folder (feature store + FAISS files) holding random features.
+
+    `viewpoints` is a list of retrieval.viewpoints.Viewpoint; one view per (shape, viewpoint).
+    """
+    from retrieval.encoder import PREPROCESS_VERSION
+    from retrieval.index import write_indexes
+    from retrieval.store import STORE_FILE, FeatureStore
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fp = {"model": "RN101", "layer": "layer3", "weights": "synthetic-random-features", "image_size": 224,
+          "preprocess": PREPROCESS_VERSION, "feature_shape": [1024, 14, 14], "precision": "fp32",
+          "feature_dtype": "float16"}
+    rng = np.random.default_rng(seed)
+    store = FeatureStore.create(folder / STORE_FILE, fp, d, "float16")
+    try:
+        for vp in viewpoints:
+            for s in range(0, n_shapes, 128):
+                e = min(n_shapes, s + 128)
+                feats = np.maximum(rng.standard_normal((e - s, d), dtype=np.float32), 0)
+                recs = [(domain, f"synth_{i:06d}", vp.name, f"/synthetic/{i:06d}/{vp.name}.png",
+                         f"synthetic-{vp.name}-{i}") for i in range(s, e)]
+                store.append(recs, feats)
+        store.set_dataset_info(list(viewpoints), {f"synth_{i:06d}": "synthetic" for i in range(n_shapes)}, [],
+                               "synthetic random features (scripts/bench.py)")
+    finally:
+        store.close()
+    write_indexes(folder)
+    return folder
+
+
+def free():
+    gc.collect()

@@ -1,0 +1,70 @@
+"""The GPU path up to the device boundary: what runs on CUDA is chosen and wired correctly (CPU stands in)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval import gemm
+from retrieval import index as index_mod
+from retrieval.encoder import resolve_precision
+from retrieval.index import ShapeIndex
+from retrieval.search import QueryEngine
+
+
+def test_precision_policy():
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+
+
+def test_gemm_cuda_path_matches_numpy(monkeypatch):
+    """The torch branch of gemm.matmul, with the copy to 'cuda' redirected to the CPU."""
+    real_to = torch.Tensor.to
+    seen = []
+
+    def fake_to(self, *args, **kwargs):
+        if args and args[0] == "cuda":
+            seen.append("cuda")
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    monkeypatch.setattr(gemm, "_device", "cuda")
+    got = gemm.matmul(a, b)
+    assert seen == ["cuda", "cuda"]
+    np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-6)
+    assert gemm.resolve("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        gemm.resolve("tpu")
+
+
+def test_index_moves_to_gpu_and_stays_exact(index32, dataset, monkeypatch):
+    """With a GPU present, each index is cloned to it (fp16) and results are re-ranked exactly."""
+    moved = []
+
+    def fake_to_gpu(self, idx):
+        moved.append(idx.ntotal)
+        return idx  # stands in for faiss.index_cpu_to_gpu(res, 0, idx, co with useFloat16)
+
+    monkeypatch.setattr(index_mod, "gpu_available", lambda: True)
+    monkeypatch.setattr(ShapeIndex, "_to_gpu", fake_to_gpu)
+    with ShapeIndex(index32, gpu="auto") as si:
+        eng = QueryEngine(si, precision="fp32")
+        hits = eng.query(dataset / "npr" / "shape02" / "az075.png", k=3)
+    assert moved == [6, 6, 6]
+    assert hits[0].shape == "shape02" and hits[0].distance <= 1e-12
+    with ShapeIndex(index32, gpu="never") as si:
+        si.faiss_index("npr", "az000")
+        assert moved == [6, 6, 6]
+
+
+def test_gpu_always_without_gpu_is_a_clear_error(index32, monkeypatch):
+    from retrieval.errors import StoreError
+
+    monkeypatch.setattr(index_mod, "gpu_available", lambda: False)
+    with ShapeIndex(index32, gpu="always") as si:
+        with pytest.raises(StoreError, match="GPU search asked for"):
+            si.faiss_index("npr", "az000")
