@@ -570,6 +570,14 @@ def _jsonable(x):
     return x
 
 
+def _weights_label(src) -> str:
+    fp = getattr(src, "fingerprint", {}) or {}
+    w = str(fp.get("weights", "unknown weights"))
+    layer = fp.get("layer", "")
+    note = "; untrained, not the paper's numbers" if w.startswith("untrained") else ""
+    return f"{fp.get('model', 'RN101')} {layer}, weights {w[:19]}{note}"
+
+
 def _is_untrained(fp) -> bool:
     w = (fp or {}).get("weights") if isinstance(fp, dict) else None
     return isinstance(w, str) and w.strip().lower().startswith("untrained")
@@ -788,9 +796,11 @@ def evaluate(sources, out_dir, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int
             cmc_curves.append((key, ranks, N))
 
         f1 = f"fig1_study1_{slug}.png"
-        plots.study1_figure(fig1_panels, os.path.join(out_dir, f1), suptitle=f"Study 1 - {label}")
+        plots.study1_figure(fig1_panels, os.path.join(out_dir, f1),
+                            suptitle=f"Study 1 - {label} ({_weights_label(src)})")
         f2 = f"fig2_study2_{slug}.png"
-        plots.study2_figure(fig2_panels, os.path.join(out_dir, f2), suptitle=f"Study 2 - {label}")
+        plots.study2_figure(fig2_panels, os.path.join(out_dir, f2),
+                            suptitle=f"Study 2 - {label} ({_weights_label(src)})")
         f3 = f"cmc_{slug}.png"
         plots.cmc_figure(cmc_curves, os.path.join(out_dir, f3), title=f"Study 1 shape retrieval (CMC) - {label}")
         figs = {"study1": f1, "study2": f2, "cmc": f3}
