@@ -218,3 +218,17 @@ def test_store_truncated_rows_are_recovered(dataset, tmp_path):
         assert len(si.shapes) == 2
     rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).stdout)
     assert rep["recovered_rows"] == 2 and rep["embedded"] == 0
+
+
+def test_prune_drops_views_gone_from_disk(tmp_path):
+    import shutil
+    data = make_dataset(tmp_path / "d", n_shapes=3, domains=("npr",))
+    out = tmp_path / "idx"
+    run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet"])
+    shutil.rmtree(data / "npr" / "shape02")
+    run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet"])
+    with ShapeIndex(out, gpu="never") as si:
+        assert "shape02" in si.shapes  # additive by default: nothing stored is lost
+    run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--prune"])
+    with ShapeIndex(out, gpu="never") as si:
+        assert si.shapes == ["shape00", "shape01"] and len(si.rows("npr", "az000")) == 2
