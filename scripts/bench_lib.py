@@ -232,3 +232,36 @@ def make_synthetic_index(folder: Path, n_shapes: int, viewpoints, d: int = D_LAY
 
 def free():
     gc.collect()
+
+
+# ------------------------------------------------------------------ contention
+
+def _system_busy_s() -> float | None:
+    """CPU seconds all processes of the machine have used (user+nice+system+irq+softirq), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+        v = [int(x) for x in parts[1:8]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMonitor:
+    """How many cores other processes kept busy while a section ran (the benchmark's figures assume ~0)."""
+
+    def __init__(self):
+        self.t0, self.sys0, self.own0 = time.perf_counter(), _system_busy_s(), _own_cpu_s()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        sys1 = _system_busy_s()
+        if self.sys0 is None or sys1 is None or wall <= 0:
+            return {"wall_s": wall, "other_cores": None}
+        other = max(0.0, (sys1 - self.sys0) - (_own_cpu_s() - self.own0))
+        return {"wall_s": wall, "other_cores": other / wall, "own_cores": (_own_cpu_s() - self.own0) / wall}
