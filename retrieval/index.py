@@ -57,6 +57,8 @@ class ShapeIndex:
         self._gpu_float16 = gpu_float16
         self._faiss: dict[tuple[str, str], object] = {}
         self._cpu: dict[tuple[str, str], object] = {}  # the CPU flat index, kept for exact re-ranking
+        self._on_gpu: set[tuple[str, str]] = set()
+        self._norm_cache: dict[tuple[str, str], np.ndarray] = {}
         self._gpu_res = None
         self._compressed = None
         self._build_tables()
@@ -158,6 +160,7 @@ class ShapeIndex:
             self._cpu[key] = idx
             if self._use_gpu():
                 idx = self._to_gpu(idx)
+                self._on_gpu.add(key)
             self._faiss[key] = idx
         return self._faiss[key]
 
@@ -219,7 +222,15 @@ class ShapeIndex:
             raise StoreError(f"unknown search mode {mode!r}; use exact or compressed")
         idx = self.faiss_index(domain, viewpoint)
         kk = min(len(rows), max(2 * k, k + 32)) if exact else k
-        dist, ids = idx.search(q, kk)
+        if len(q) == 1 and (domain, viewpoint) not in self._on_gpu:
+            # One query on the CPU: FAISS scans on one thread; BLAS's matrix-vector product over the
+            # same vectors streams them at memory speed (||x||² − 2x·q ranks like ||x − q||²).
+            score = self._norms(domain, viewpoint) - 2.0 * (self.vectors(domain, viewpoint) @ q[0])
+            ids = np.argpartition(score, kk - 1)[:kk] if kk < len(score) else np.arange(len(score))
+            ids = ids[np.argsort(score[ids], kind="stable")][None, :]
+            dist = (score[ids] + float(q[0] @ q[0]))
+        else:
+            dist, ids = idx.search(q, kk)
         out_rows = rows[np.clip(ids, 0, None)]
         if exact:
             return self.rerank(domain, viewpoint, q, out_rows, k)
@@ -232,6 +243,13 @@ class ShapeIndex:
         idx = self._cpu[key]
         return _faiss().rev_swig_ptr(idx.get_xb(), idx.ntotal * idx.d).reshape(idx.ntotal, idx.d)
 
+    def _norms(self, domain: str, viewpoint: str) -> np.ndarray:
+        key = (domain, viewpoint)
+        if key not in self._norm_cache:
+            X = self.vectors(domain, viewpoint)
+            self._norm_cache[key] = np.array([x @ x for x in X], dtype=np.float32)
+        return self._norm_cache[key]
+
     def rerank(self, domain: str, viewpoint: str, q: np.ndarray, cand_rows: np.ndarray,
                k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact float32 mean-squared distances of candidate rows, best k first (ties by row).
@@ -243,10 +261,10 @@ class ShapeIndex:
         in_memory = (domain, viewpoint) in self._cpu
         for i in range(len(q)):
             if in_memory:
-                feats = self.vectors(domain, viewpoint)[self._positions(domain, viewpoint, cand_rows[i])]
+                d = exact_mean_sq(q[i], self.vectors(domain, viewpoint),
+                                  self._positions(domain, viewpoint, cand_rows[i]))
             else:
-                feats = self.store.read_features(cand_rows[i])
-            d = exact_mean_sq(q[i], feats)
+                d = exact_mean_sq(q[i], self.store.read_features(cand_rows[i]))
             order = np.lexsort((cand_rows[i], d))[:k]
             d_out[i], r_out[i] = d[order], cand_rows[i][order]
         return d_out, r_out
@@ -256,15 +274,13 @@ class ShapeIndex:
         order = np.argsort(all_rows)
         return order[np.searchsorted(all_rows, rows, sorter=order)]
 
-    def distances_to_all(self, domain: str, viewpoint: str, queries: np.ndarray,
-                         block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def distances_to_all(self, domain: str, viewpoint: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact distances from each query to every view of (domain, viewpoint), in `rows()` order."""
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.feature_dim)
         X = self.vectors(domain, viewpoint)
         out = np.empty((len(q), len(X)), dtype=np.float32)
         for i in range(len(q)):
-            for s in range(0, len(X), block):
-                out[i, s:s + block] = exact_mean_sq(q[i], X[s:s + block])
+            out[i] = exact_mean_sq(q[i], X)
         return out, self.rows(domain, viewpoint)
 
 
@@ -273,9 +289,20 @@ def to_mean_sq(faiss_l2: np.ndarray, dim: int) -> np.ndarray:
     return np.maximum(faiss_l2, 0.0) / np.float32(dim)
 
 
-def exact_mean_sq(q: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    diff = feats - q[None, :]
-    return np.einsum("ij,ij->i", diff, diff) / np.float32(feats.shape[1])
+def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = None) -> np.ndarray:
+    """mean((x − q)²) per row, in float32, one row at a time through a reused buffer.
+
+    Row by row keeps the working set in cache and allocates nothing per call; a whole-matrix
+    `feats − q` would allocate (and page-fault) a temporary as large as `feats`.
+    """
+    q = np.asarray(q, dtype=np.float32)
+    which = range(len(feats)) if select is None else select
+    out = np.empty(len(which), dtype=np.float32)
+    diff = np.empty(q.shape[0], dtype=np.float32)
+    for i, j in enumerate(which):
+        np.subtract(feats[j], q, out=diff, casting="unsafe")
+        out[i] = diff @ diff
+    return out / np.float32(q.shape[0])
 
 
 def build_flat(store: FeatureStore, rows: np.ndarray, batch: int = 256):

@@ -232,3 +232,16 @@ def test_prune_drops_views_gone_from_disk(tmp_path):
     run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--prune"])
     with ShapeIndex(out, gpu="never") as si:
         assert si.shapes == ["shape00", "shape01"] and len(si.rows("npr", "az000")) == 2
+
+
+def test_batched_and_single_query_paths_agree(index32):
+    """One query streams through BLAS, several go through FAISS; both end in the same exact ranking."""
+    with ShapeIndex(index32, gpu="never") as si:
+        q = si.store.read_features([si.row_of("sketch", "shape01", "az030"), si.row_of("rgb", "shape04", "az000")])
+        d2, r2 = si.search("npr", "az030", q, 4)
+        for i in range(2):
+            d1, r1 = si.search("npr", "az030", q[i:i + 1], 4)
+            assert np.array_equal(r1[0], r2[i])
+            np.testing.assert_allclose(d1[0], d2[i], rtol=1e-6)
+            ref = brute_force(si.store, q[i], si.rows("npr", "az030"))
+            np.testing.assert_allclose(d1[0], np.sort(ref)[:4], rtol=1e-5)
