@@ -222,15 +222,10 @@ class ShapeIndex:
             raise StoreError(f"unknown search mode {mode!r}; use exact or compressed")
         idx = self.faiss_index(domain, viewpoint)
         kk = min(len(rows), max(2 * k, k + 32)) if exact else k
-        if len(q) == 1 and (domain, viewpoint) not in self._on_gpu:
-            # One query on the CPU: FAISS scans on one thread; BLAS's matrix-vector product over the
-            # same vectors streams them at memory speed (||x||² − 2x·q ranks like ||x − q||²).
-            score = self._norms(domain, viewpoint) - 2.0 * (self.vectors(domain, viewpoint) @ q[0])
-            ids = np.argpartition(score, kk - 1)[:kk] if kk < len(score) else np.arange(len(score))
-            ids = ids[np.argsort(score[ids], kind="stable")][None, :]
-            dist = (score[ids] + float(q[0] @ q[0]))
-        else:
-            dist, ids = idx.search(q, kk)
+        if len(q) == 1 and exact and (domain, viewpoint) not in self._on_gpu:
+            d, pos = exact_knn(self.vectors(domain, viewpoint), self._norms(domain, viewpoint), q[0], k, rows)
+            return d[None, :], rows[pos][None, :]
+        dist, ids = idx.search(q, kk)
         out_rows = rows[np.clip(ids, 0, None)]
         if exact:
             return self.rerank(domain, viewpoint, q, out_rows, k)
@@ -287,6 +282,25 @@ class ShapeIndex:
 def to_mean_sq(faiss_l2: np.ndarray, dim: int) -> np.ndarray:
     """FAISS returns squared L2 sums; the map's view distance is the mean over elements."""
     return np.maximum(faiss_l2, 0.0) / np.float32(dim)
+
+
+def exact_knn(X: np.ndarray, norms: np.ndarray, q: np.ndarray, k: int,
+              tiebreak: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest rows of X to one query: exact mean-squared distances and positions, best first.
+
+    One query on the CPU: FAISS scans on one thread, while BLAS's matrix-vector product streams
+    the same vectors at memory speed; ||x||² − 2x·q ranks like ||x − q||², and the best
+    max(2k, k+32) candidates are then re-ranked exactly (ties by `tiebreak`, default position).
+    """
+    n = len(X)
+    k = min(k, n)
+    kk = min(n, max(2 * k, k + 32))
+    score = norms - 2.0 * (X @ q)
+    cand = np.argpartition(score, kk - 1)[:kk] if kk < n else np.arange(n)
+    d = exact_mean_sq(q, X, cand)
+    key = cand if tiebreak is None else tiebreak[cand]
+    order = np.lexsort((key, d))[:k]
+    return d[order], cand[order]
 
 
 def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = None) -> np.ndarray:
