@@ -174,10 +174,13 @@ class FeatureStore:
         ds = self.h5["features"]
         if ds.chunks == (1, self.feature_dim) and ds.compression is None:
             # one chunk per view, uncompressed: read the raw chunk bytes (no HDF5 selection machinery)
+            import torch  # vectorised float16 → float32 (numpy's conversion is ~8× slower)
+
             dtype = np.dtype(self.feature_dtype)
+            tout = torch.from_numpy(out)
             for i, r in enumerate(rows):
                 _, raw = ds.id.read_direct_chunk((int(r), 0))
-                out[i] = np.frombuffer(raw, dtype=dtype)
+                tout[i].copy_(torch.from_numpy(np.frombuffer(raw, dtype=dtype).copy()))
             return out
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
