@@ -318,8 +318,7 @@ def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = 
     out = np.empty(len(which), dtype=np.float32)
     diff = torch.empty_like(tq)
     for i, j in enumerate(which):
-        diff.copy_(torch.from_numpy(np.ascontiguousarray(feats[j])))
-        diff.sub_(tq)
+        torch.sub(torch.from_numpy(np.ascontiguousarray(feats[j])), tq, out=diff)  # converts float16 on the fly
         out[i] = float(diff.dot(diff))
     return out / np.float32(q.shape[0])
 
