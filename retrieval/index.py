@@ -202,15 +202,16 @@ class ShapeIndex:
             self._compressed = CompressedSearch(self)
         return self._compressed
 
-    def search(self, domain: str, viewpoint: str, queries: np.ndarray, k: int, exact: bool = True,
+    def search(self, domain: str, viewpoint: str, queries: np.ndarray, k: int,
                mode: str = "exact", candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest views of (domain, viewpoint): (nq,k) mean-squared distances and store rows.
 
         FAISS computes ||x||² + ||y||² − 2x·y, which rounds (a view's distance to itself comes
         out near 1e-10, not 0) and, on the GPU, may hold fp16 vectors; so it only proposes
         candidates, and the best ones are re-ranked from the stored features in float32. The
-        ranking then equals the exhaustive float32 one. `mode='compressed'` takes `candidates`
-        (default max(100, 10k)) from the PCA index instead and re-ranks them the same way.
+        ranking then equals the exhaustive float32 one. A single query on the CPU takes its
+        candidates from a BLAS pass instead (`exact_knn`: FAISS scans one query on one thread).
+        `mode='compressed'` takes `candidates` (default max(100, 10k)) from the PCA index.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.feature_dim)
         rows = self.rows(domain, viewpoint)
@@ -221,15 +222,11 @@ class ShapeIndex:
         if mode != "exact":
             raise StoreError(f"unknown search mode {mode!r}; use exact or compressed")
         idx = self.faiss_index(domain, viewpoint)
-        kk = min(len(rows), max(2 * k, k + 32)) if exact else k
-        if len(q) == 1 and exact and (domain, viewpoint) not in self._on_gpu:
+        if len(q) == 1 and (domain, viewpoint) not in self._on_gpu:
             d, pos = exact_knn(self.vectors(domain, viewpoint), self._norms(domain, viewpoint), q[0], k, rows)
             return d[None, :], rows[pos][None, :]
-        dist, ids = idx.search(q, kk)
-        out_rows = rows[np.clip(ids, 0, None)]
-        if exact:
-            return self.rerank(domain, viewpoint, q, out_rows, k)
-        return to_mean_sq(dist, self.feature_dim), out_rows
+        _, ids = idx.search(q, candidate_count(k, len(rows)))
+        return self.rerank(domain, viewpoint, q, rows[np.clip(ids, 0, None)], k)
 
     def vectors(self, domain: str, viewpoint: str) -> np.ndarray:
         """The float32 vectors of a (domain, viewpoint) index, in `rows()` order, without a copy."""
@@ -279,9 +276,9 @@ class ShapeIndex:
         return out, self.rows(domain, viewpoint)
 
 
-def to_mean_sq(faiss_l2: np.ndarray, dim: int) -> np.ndarray:
-    """FAISS returns squared L2 sums; the map's view distance is the mean over elements."""
-    return np.maximum(faiss_l2, 0.0) / np.float32(dim)
+def candidate_count(k: int, n: int) -> int:
+    """How many approximate neighbours are re-ranked exactly to return k: a margin for rounding."""
+    return min(n, max(2 * k, k + 32))
 
 
 def exact_knn(X: np.ndarray, norms: np.ndarray, q: np.ndarray, k: int,
@@ -294,7 +291,7 @@ def exact_knn(X: np.ndarray, norms: np.ndarray, q: np.ndarray, k: int,
     """
     n = len(X)
     k = min(k, n)
-    kk = min(n, max(2 * k, k + 32))
+    kk = candidate_count(k, n)
     score = norms - 2.0 * (X @ q)
     cand = np.argpartition(score, kk - 1)[:kk] if kk < n else np.arange(n)
     d = exact_mean_sq(q, X, cand)
