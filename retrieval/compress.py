@@ -125,16 +125,12 @@ class CompressedSearch:
 
     def approximate_distances(self, domain: str, viewpoint: str, q: np.ndarray) -> np.ndarray:
         """Code-space squared distances from each query to every view, in `rows()` order (for ranking only)."""
+        from .index import flat_vectors
+
         idx, rows = self._load(domain, viewpoint)
-        codes = self._faiss_vectors(idx)
+        codes = flat_vectors(idx)
         cq = self.compressor.transform(q)
         return ((cq ** 2).sum(1)[:, None] + (codes ** 2).sum(1)[None, :] - 2.0 * cq @ codes.T)
-
-    @staticmethod
-    def _faiss_vectors(idx) -> np.ndarray:
-        import faiss
-
-        return faiss.rev_swig_ptr(idx.get_xb(), idx.ntotal * idx.d).reshape(idx.ntotal, idx.d)
 
     def _load(self, domain: str, viewpoint: str):
         import faiss

@@ -20,6 +20,7 @@ from .store import STORE_FILE, FeatureStore, ViewRecord
 from .viewpoints import Viewpoint
 
 MANIFEST = "indexes.json"
+TORCH_GPU_DEVICE = "cuda"  # where the torch GPU backend puts vectors (tests point it at the CPU)
 LAYOUT = "exhaustive-l2/per-domain-viewpoint/v1"
 
 
@@ -35,6 +36,15 @@ def safe_name(text: str) -> str:
 
 def index_file_stem(domain: str, viewpoint: str) -> str:
     return f"{safe_name(domain)}.{safe_name(viewpoint)}"
+
+
+def torch_cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def gpu_available() -> bool:
@@ -58,6 +68,7 @@ class ShapeIndex:
         self._faiss: dict[tuple[str, str], object] = {}
         self._cpu: dict[tuple[str, str], object] = {}  # the CPU flat index, kept for exact re-ranking
         self._on_gpu: set[tuple[str, str]] = set()
+        self._torch_gpu: dict[tuple[str, str], tuple] = {}
         self._norm_cache: dict[tuple[str, str], np.ndarray] = {}
         self._gpu_res = None
         self._compressed = None
@@ -158,8 +169,12 @@ class ShapeIndex:
                 raise StoreError(f"{self.folder}: no {domain} views at viewpoint {viewpoint}")
             idx = self._load_or_build(domain, viewpoint, rows)
             self._cpu[key] = idx
-            if self._use_gpu():
+            backend = self.gpu_backend()
+            if backend == "faiss":
                 idx = self._to_gpu(idx)
+                self._on_gpu.add(key)
+            elif backend == "torch":
+                self._torch_gpu[key] = self._to_torch_gpu(key)
                 self._on_gpu.add(key)
             self._faiss[key] = idx
         return self._faiss[key]
@@ -179,12 +194,37 @@ class ShapeIndex:
                 pass
         return build_flat(self.store, rows)
 
-    def _use_gpu(self) -> bool:
+    def gpu_backend(self) -> str | None:
+        """'faiss' (faiss built with GPU support), 'torch' (faiss-cpu, but torch sees CUDA), or None."""
         if self._gpu == "never":
-            return False
-        if self._gpu == "always" and not gpu_available():
-            raise StoreError("GPU search asked for, but faiss has no GPU support or sees no GPU")
-        return gpu_available()
+            return None
+        if gpu_available():
+            return "faiss"
+        if torch_cuda_available():
+            return "torch"
+        if self._gpu == "always":
+            raise StoreError("GPU search asked for, but neither faiss nor torch sees a GPU")
+        return None
+
+    def _to_torch_gpu(self, key):
+        """The vectors on the GPU (fp16 like faiss's useFloat16, else fp32) and their squared norms."""
+        import torch
+
+        X = flat_vectors(self._cpu[key])
+        dtype = torch.float16 if self._gpu_float16 else torch.float32
+        Xg = torch.empty((len(X), X.shape[1]), dtype=dtype, device=TORCH_GPU_DEVICE)
+        for s in range(0, len(X), 256):
+            Xg[s:s + 256] = torch.from_numpy(X[s:s + 256]).to(TORCH_GPU_DEVICE, dtype)
+        norms = torch.cat([(Xg[s:s + 256].float() ** 2).sum(1) for s in range(0, len(X), 256)])
+        return Xg, norms
+
+    def _torch_candidates(self, key, q: np.ndarray, kk: int) -> np.ndarray:
+        import torch
+
+        Xg, norms = self._torch_gpu[key]
+        Qg = torch.from_numpy(q).to(TORCH_GPU_DEVICE, Xg.dtype)
+        scores = norms[None, :] - 2.0 * (Qg @ Xg.T).float()
+        return torch.topk(scores, kk, dim=1, largest=False).indices.cpu().numpy()
 
     def _to_gpu(self, idx):
         faiss = _faiss()
@@ -225,15 +265,17 @@ class ShapeIndex:
         if len(q) == 1 and (domain, viewpoint) not in self._on_gpu:
             d, pos = exact_knn(self.vectors(domain, viewpoint), self._norms(domain, viewpoint), q[0], k, rows)
             return d[None, :], rows[pos][None, :]
-        _, ids = idx.search(q, candidate_count(k, len(rows)))
+        kk = candidate_count(k, len(rows))
+        if (domain, viewpoint) in self._torch_gpu:
+            ids = self._torch_candidates((domain, viewpoint), q, kk)
+        else:
+            _, ids = idx.search(q, kk)
         return self.rerank(domain, viewpoint, q, rows[np.clip(ids, 0, None)], k)
 
     def vectors(self, domain: str, viewpoint: str) -> np.ndarray:
         """The float32 vectors of a (domain, viewpoint) index, in `rows()` order, without a copy."""
-        key = (domain, viewpoint)
         self.faiss_index(domain, viewpoint)
-        idx = self._cpu[key]
-        return _faiss().rev_swig_ptr(idx.get_xb(), idx.ntotal * idx.d).reshape(idx.ntotal, idx.d)
+        return flat_vectors(self._cpu[(domain, viewpoint)])
 
     def _norms(self, domain: str, viewpoint: str) -> np.ndarray:
         key = (domain, viewpoint)
@@ -274,6 +316,11 @@ class ShapeIndex:
         for i in range(len(q)):
             out[i] = exact_mean_sq(q[i], X)
         return out, self.rows(domain, viewpoint)
+
+
+def flat_vectors(idx) -> np.ndarray:
+    """The (ntotal, d) float32 vectors of a FAISS IndexFlat, as a numpy view without a copy."""
+    return _faiss().rev_swig_ptr(idx.get_xb(), idx.ntotal * idx.d).reshape(idx.ntotal, idx.d)
 
 
 def candidate_count(k: int, n: int) -> int:

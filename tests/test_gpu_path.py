@@ -68,3 +68,30 @@ def test_gpu_always_without_gpu_is_a_clear_error(index32, monkeypatch):
     with ShapeIndex(index32, gpu="always") as si:
         with pytest.raises(StoreError, match="GPU search asked for"):
             si.faiss_index("npr", "az000")
+
+
+def test_torch_gpu_backend_when_faiss_has_no_gpu(index32, dataset, monkeypatch):
+    """faiss-cpu on a CUDA machine: vectors go to the GPU through torch (fp16), candidates come from a
+    GPU matrix product, and the exact CPU re-rank keeps the ranking exact. The CPU stands in for CUDA."""
+    monkeypatch.setattr(index_mod, "gpu_available", lambda: False)
+    monkeypatch.setattr(index_mod, "torch_cuda_available", lambda: True)
+    monkeypatch.setattr(index_mod, "TORCH_GPU_DEVICE", "cpu")
+    calls = []
+    real = ShapeIndex._torch_candidates
+
+    def spy(self, key, q, kk):
+        calls.append((key, len(q), kk))
+        return real(self, key, q, kk)
+
+    monkeypatch.setattr(ShapeIndex, "_torch_candidates", spy)
+    with ShapeIndex(index32, gpu="auto") as si:
+        assert si.gpu_backend() == "torch"
+        q = si.store.read_features([si.row_of("sketch", "shape03", "az030")])
+        d, r = si.search("npr", "az030", q, 3)
+        Xg, norms = si._torch_gpu[("npr", "az030")]
+        assert Xg.dtype == torch.float16 and tuple(Xg.shape) == (6, 200704)
+    assert calls == [(("npr", "az030"), 1, 6)]
+    with ShapeIndex(index32, gpu="never") as si:
+        d_cpu, r_cpu = si.search("npr", "az030", q, 3)
+    assert np.array_equal(r, r_cpu)
+    np.testing.assert_allclose(d, d_cpu, rtol=1e-6)
