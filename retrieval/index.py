@@ -292,11 +292,10 @@ class ShapeIndex:
         """
         d_out = np.empty((len(q), k), dtype=np.float32)
         r_out = np.empty((len(q), k), dtype=np.int64)
-        in_memory = (domain, viewpoint) in self._cpu
+        X = self.vectors(domain, viewpoint) if (domain, viewpoint) in self._cpu else None
         for i in range(len(q)):
-            if in_memory:
-                d = exact_mean_sq(q[i], self.vectors(domain, viewpoint),
-                                  self._positions(domain, viewpoint, cand_rows[i]))
+            if X is not None:
+                d = exact_mean_sq(q[i], X, self._positions(domain, viewpoint, cand_rows[i]))
             else:
                 d = exact_mean_sq(q[i], self.store.read_features(cand_rows[i]))
             order = np.lexsort((cand_rows[i], d))[:k]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import Dataset
-from .encoder import COMPARED_KEYS, PREPROCESS_VERSION, EncoderSpec, LayerEncoder, weights_identity
+from .encoder import PREPROCESS_VERSION, EncoderSpec, LayerEncoder, fingerprint_matches, weights_identity
 from .errors import CvretError, EncoderError, ImageError, StoreError
 from .images import content_sha256
 from .index import MANIFEST, write_indexes
@@ -79,7 +79,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     if store_path.exists():
         store = FeatureStore(store_path, "r+")
         have = store.fingerprint
-        diffs = [k for k in COMPARED_KEYS if str(have.get(k)) != str(want.get(k))]
+        diffs = fingerprint_matches(have, want)
         if diffs:
             store.close()
             parts = ", ".join(f"{k}: stored {have.get(k)!r} vs requested {want.get(k)!r}" for k in diffs)

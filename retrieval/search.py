@@ -7,7 +7,7 @@ viewpoints of the view distance, the sketch's view k compared with the shape's v
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +38,10 @@ class Hit:
 def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str = "auto",
                       precision: str = "auto") -> LayerEncoder:
     """The encoder an index was built with; a differing one stops with a clear error."""
-    spec = EncoderSpec.from_fingerprint(index.fingerprint, weights_path=weights if weights not in
-                                        (None, "openai", "untrained") else None)
-    if weights is not None and weights not in ("openai", "untrained") and spec.weights != weights:
-        spec = EncoderSpec(weights, spec.layer, spec.seed, spec.image_size, spec.model)
+    local = weights if weights not in (None, "openai", "untrained") else None
+    spec = EncoderSpec.from_fingerprint(index.fingerprint, weights_path=local)
+    if local is not None:  # a file given for an openai/untrained index: its fingerprint will not match
+        spec = replace(spec, weights=local)
     enc = LayerEncoder(spec, device=device, precision=precision)
     if fingerprint_matches(index.fingerprint, enc.fingerprint):
         raise EncoderError(describe_mismatch(index.fingerprint, enc.fingerprint, str(index.folder)))

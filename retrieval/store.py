@@ -171,26 +171,16 @@ class FeatureStore:
         out = np.empty((len(rows), self.feature_dim), dtype=np.float32)
         if len(rows) == 0:
             return out
-        ds = self.h5["features"]
-        if ds.chunks == (1, self.feature_dim) and ds.compression is None:
-            # one chunk per view, uncompressed: read the raw chunk bytes (no HDF5 selection machinery)
-            import torch  # vectorised float16 → float32 (numpy's conversion is ~8× slower)
+        # FeatureStore.create writes one uncompressed chunk per view: read the raw chunk bytes (no HDF5
+        # selection machinery) and convert float16 through torch (vectorised; numpy's is ~8× slower)
+        import torch
 
-            dtype = np.dtype(self.feature_dtype)
-            tout = torch.from_numpy(out)
-            for i, r in enumerate(rows):
-                _, raw = ds.id.read_direct_chunk((int(r), 0))
-                tout[i].copy_(torch.from_numpy(np.frombuffer(raw, dtype=dtype).copy()))
-            return out
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
-        start = 0
-        while start < len(srt):  # contiguous runs in one call: h5py fancy indexing is slow
-            end = start + 1
-            while end < len(srt) and srt[end] == srt[end - 1] + 1 and end - start < 256:
-                end += 1
-            out[order[start:end]] = ds[int(srt[start]): int(srt[end - 1]) + 1]
-            start = end
+        ds = self.h5["features"]
+        dtype = np.dtype(self.feature_dtype)
+        tout = torch.from_numpy(out)
+        for i, r in enumerate(rows):
+            _, raw = ds.id.read_direct_chunk((int(r), 0))
+            tout[i].copy_(torch.from_numpy(np.frombuffer(raw, dtype=dtype).copy()))
         return out
 
     # -------------------------------------------------------------- appends
@@ -255,6 +245,9 @@ class FeatureStore:
         """Problems with the committed rows (empty list = healthy)."""
         out = []
         n = self.n_views
+        ds = self.h5["features"]
+        if ds.chunks != (1, ds.shape[1]) or ds.compression is not None:
+            out.append(f"{self.path}: features are not stored one uncompressed chunk per view")
         if self.h5["features"].shape[0] < n:
             out.append(f"{self.path}: {n} views committed but only {self.h5['features'].shape[0]} feature rows")
         for c in (*_COLUMNS, "active"):

@@ -65,7 +65,7 @@ def main():
     from retrieval.index import ShapeIndex, gpu_available
     from retrieval.indexer import build_index
     from retrieval.search import QueryEngine
-    from retrieval.studies import evaluate
+    from retrieval.studies import evaluate, headline_rows
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -163,8 +163,7 @@ def main():
             res["eval_seconds_cpu"], res[f"eval_seconds_{dev}"] = times["cpu"], times[dev]
 
             def headline(r):
-                return [(row.get("pair"), row.get("acc@1"), row.get("mrr")) for row in
-                        __import__("retrieval.studies", fromlist=["headline_rows"]).headline_rows(r)]
+                return [(row.get("pair"), row.get("acc@1"), row.get("mrr")) for row in headline_rows(r)]
             a, b = headline(reports["cpu"]), headline(reports[dev])
             res["eval_same_metrics"] = all(x[0] == y[0] and abs((x[1] or 0) - (y[1] or 0)) < 1e-9 and
                                            abs((x[2] or 0) - (y[2] or 0)) < 1e-6 for x, y in zip(a, b))
