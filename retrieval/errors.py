@@ -27,3 +27,7 @@ class MeshError(CvretError):
 
 class StudyError(CvretError):
     """A study that cannot be computed on the given index (missing domains, too few shapes...)."""
+
+
+class ConfigError(CvretError):
+    """An option value that cannot work (unknown style, negative size, unknown device...)."""

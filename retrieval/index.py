@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .distance import candidate_count, exact_knn, exact_mean_sq  # noqa: F401 (re-exported)
 from .errors import StoreError
 from .store import STORE_FILE, FeatureStore, ViewRecord
 from .viewpoints import Viewpoint
@@ -320,57 +321,6 @@ class ShapeIndex:
 def flat_vectors(idx) -> np.ndarray:
     """The (ntotal, d) float32 vectors of a FAISS IndexFlat, as a numpy view without a copy."""
     return _faiss().rev_swig_ptr(idx.get_xb(), idx.ntotal * idx.d).reshape(idx.ntotal, idx.d)
-
-
-def candidate_count(k: int, n: int) -> int:
-    """How many approximate neighbours are re-ranked exactly to return k: a margin for rounding."""
-    return min(n, max(2 * k, k + 32))
-
-
-def exact_knn(X: np.ndarray, norms: np.ndarray, q: np.ndarray, k: int,
-              tiebreak: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest rows of X to one query: exact mean-squared distances and positions, best first.
-
-    One query on the CPU: FAISS scans on one thread, while BLAS's matrix-vector product streams
-    the same vectors at memory speed; ||x||² − 2x·q ranks like ||x − q||², and the best
-    max(2k, k+32) candidates are then re-ranked exactly (ties by `tiebreak`, default position).
-    """
-    n = len(X)
-    k = min(k, n)
-    kk = candidate_count(k, n)
-    score = norms - 2.0 * (X @ q)
-    cand = np.argpartition(score, kk - 1)[:kk] if kk < n else np.arange(n)
-    d = exact_mean_sq(q, X, cand)
-    key = cand if tiebreak is None else tiebreak[cand]
-    order = np.lexsort((key, d))[:k]
-    return d[order], cand[order]
-
-
-def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = None) -> np.ndarray:
-    """mean((x − q)²) per row, in float32, one row at a time through a reused buffer.
-
-    Row by row keeps the working set in cache and allocates nothing per call; a whole-matrix
-    `feats − q` would allocate (and page-fault) a temporary as large as `feats`. float16 rows
-    go through torch, whose float16 → float32 conversion is vectorised (numpy's is ~8× slower);
-    float32 rows stay in numpy (mixing torch's and BLAS's thread pools per row costs more).
-    """
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    which = range(len(feats)) if select is None else select
-    out = np.empty(len(which), dtype=np.float32)
-    if feats.dtype == np.float32:
-        diff = np.empty_like(q)
-        for i, j in enumerate(which):
-            np.subtract(feats[j], q, out=diff)
-            out[i] = diff @ diff
-    else:
-        import torch
-
-        tq = torch.from_numpy(q)
-        tdiff = torch.empty_like(tq)
-        for i, j in enumerate(which):
-            torch.sub(torch.from_numpy(np.ascontiguousarray(feats[j])), tq, out=tdiff)
-            out[i] = float(tdiff.dot(tdiff))
-    return out / np.float32(q.shape[0])
 
 
 def build_flat(store: FeatureStore, rows: np.ndarray, batch: int = 256):

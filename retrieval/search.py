@@ -14,7 +14,8 @@ import numpy as np
 
 from .encoder import EncoderSpec, LayerEncoder, describe_mismatch, fingerprint_matches
 from .errors import CvretError, EncoderError
-from .index import ShapeIndex, exact_mean_sq
+from .distance import exact_mean_sq
+from .index import ShapeIndex
 
 
 @dataclass

@@ -288,7 +288,7 @@ def section_encode(ctx: Ctx) -> dict:
 
 def ranking_agreement(idx_a: Path, idx_b: Path, qdom: str = "sketch", gdom: str = "npr", k: int = 10) -> dict:
     """Top-1 agreement / top-k overlap of exact rankings from two indexes of the same views (a = reference)."""
-    from retrieval.index import exact_mean_sq
+    from retrieval.distance import exact_mean_sq
     from retrieval.store import STORE_FILE, FeatureStore
 
     def load(folder):
@@ -439,7 +439,7 @@ def section_memory(ctx: Ctx) -> dict:
 
 def cvret_exact_path(X: np.ndarray, norms: np.ndarray, q: np.ndarray, k: int = 10):
     """ShapeIndex.search's single-query exact path itself (retrieval.index.exact_knn) on an in-memory array."""
-    from retrieval.index import exact_knn
+    from retrieval.distance import exact_knn
 
     return exact_knn(X, norms, q, k)
 
@@ -571,7 +571,7 @@ def compress_api():
 
 def section_scale(ctx: Ctx) -> dict:
     import faiss
-    from retrieval.index import exact_mean_sq
+    from retrieval.distance import exact_mean_sq
 
     sizes = ctx.args.scale_sizes or ([1000, 4000] if ctx.quick else [1000, 10000, 100000])
     rep = 3
