@@ -73,11 +73,14 @@ def encoder_options(f):
 @click.option("--compress", default=None, metavar="pca:R",
               help="also build a compressed candidate index (PCA codes of R numbers; queries re-rank exactly)")
 @click.option("--compress-sample", type=int, default=2048, show_default=True, help="views sampled to fit the PCA")
+@click.option("--commit-every", type=click.IntRange(min=1), default=64, show_default=True,
+              help="views per committed segment (an interrupted run loses at most this many)")
+@click.option("--no-verify", is_flag=True, help="skip reading every stored view's checksum before updating")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
               device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
-              as_json, quiet):
+              commit_every, no_verify, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
@@ -103,14 +106,18 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
                    "numbers from this index are not the paper's", err=True)
     rep = build_index(ds, out, spec, domains=dom, device=device, precision=precision, batch_size=batch_size,
                       feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
-                      prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample)
+                      prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
+                      commit_views=commit_every, verify=not no_verify)
+    for note in rep.notes:
+        click.echo(f"note: {note}", err=True)
     for path, msg in rep.failed:
         click.echo(f"skipped: {msg}", err=True)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(f"{out}: {rep.embedded} embedded, {rep.copied} copied from identical images, "
-                   f"{rep.unchanged} unchanged, {len(rep.failed)} skipped "
+                   f"{rep.unchanged} unchanged, {len(rep.failed)} skipped"
+                   + (f", {rep.repaired} damaged views re-embedded" if rep.repaired else "") + " "
                    f"({rep.seconds:.1f} s; {rep.views_per_second:.1f} views/s embedding)")
 
 
@@ -194,12 +201,47 @@ def info_cmd(index_dir, as_json):
                                            for v in s["viewpoints"]))
     click.echo(f"encoder:     {fp.get('model')} {fp.get('layer')} weights={fp.get('weights')} "
                f"input={fp.get('image_size')} precision={fp.get('precision')}")
-    click.echo(f"features:    {s['feature_dim']} x {s['feature_dtype']}; layout {s['layout']}")
+    click.echo(f"features:    {s['feature_dim']} x {s['feature_dtype']}; layout {s['layout']}, "
+               f"generation {s['generation']}")
     click.echo(f"size:        {s['size_bytes'] / 1e6:.1f} MB on disk ({s['bytes_per_view'] / 1e3:.0f} kB per view)")
     if str(fp.get("weights", "")).startswith("untrained"):
         click.echo("note:        untrained weights: numbers from this index are not the paper's")
     if s["problems"]:
         click.echo(f"problems:    {len(s['problems'])} at the last build, e.g. {s['problems'][0]}")
+
+
+@main.command("verify")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def verify_cmd(index_dir, as_json, quiet):
+    """Read every stored view and check its checksum; exit 1 when any is damaged."""
+    from .store import open_store
+
+    store = open_store(index_dir)
+    try:
+        bar = None
+        if not quiet and not as_json:
+            from tqdm import tqdm
+            bar = tqdm(total=store.n_views, desc="verify", unit="view", leave=False)
+        bad = store.verify(progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        n, layout = store.n_views, store.layout
+    finally:
+        store.close()
+    result = {"index": str(index_dir), "views": n, "layout": layout,
+              "damaged": [{"row": r.row, "shape": r.shape, "domain": r.domain, "viewpoint": r.viewpoint,
+                           "path": r.path, "segment": r.segment} for r in bad]}
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        for r in bad:
+            click.echo(f"damaged: shape {r.shape}, {r.domain} {r.viewpoint} (row {r.row}, segment {r.segment})")
+        click.echo(f"{index_dir}: {n} views checked, {len(bad)} damaged"
+                   + ("; run `cvret index` on the dataset to re-embed them" if bad else ""))
+    if bad:
+        sys.exit(1)
 
 
 @main.command("render")
