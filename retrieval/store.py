@@ -421,6 +421,8 @@ class IndexWriter:
         self._collect_garbage()
         if legacy.exists() and not mpath.exists():
             self._upgrade_legacy(legacy)
+        elif legacy.exists():  # an upgrade killed after its commit: finish removing the old files
+            self._remove_legacy_files()
 
     def _load_views(self):
         seg_dir = self.folder / SEGMENTS_DIR
@@ -464,7 +466,7 @@ class IndexWriter:
 
     def _upgrade_legacy(self, legacy: Path):
         """Convert a format-1 folder (meta.h5 + float32 .faiss copies): its views keep their row numbers."""
-        from .legacy import LEGACY_FILES, LegacyStore
+        from .legacy import LegacyStore
 
         with LegacyStore(legacy) as old:
             self.doc.update(fingerprint=old.fingerprint, feature_dtype=old.feature_dtype,
@@ -480,12 +482,17 @@ class IndexWriter:
             self.doc["next_row"] = max(self.doc["next_row"], old.next_row)
             self._dirty = True
             self.commit()
+        self._remove_legacy_files()
+        self.notes.append(f"{self.folder}: upgraded from format 1 ({len(recs)} views, float32 copies removed)")
+
+    def _remove_legacy_files(self):
+        from .legacy import LEGACY_FILES
+
         for pattern in LEGACY_FILES:
             for p in self.folder.glob(pattern):
                 with contextlib.suppress(OSError):
                     p.unlink()
         fsync_dir(self.folder)
-        self.notes.append(f"{self.folder}: upgraded from format 1 ({len(recs)} views, float32 copies removed)")
 
     # ---------------------------------------------------------- the table
     @property
@@ -586,9 +593,11 @@ class IndexWriter:
             known[vp.name] = vp.to_dict()
         cats = dict(self.doc.get("categories", {}))
         cats.update(categories)
-        self.doc.update(viewpoints=list(known.values()), categories=dict(sorted(cats.items())),
-                        problems=list(problems[:1000]), source=source or self.doc.get("source", ""))
-        self._dirty = True
+        new = dict(viewpoints=list(known.values()), categories=dict(sorted(cats.items())),
+                   problems=list(problems[:1000]), source=source or self.doc.get("source", ""))
+        if any(self.doc.get(k) != v for k, v in new.items()):  # a run that changes nothing commits nothing
+            self.doc.update(new)
+            self._dirty = True
 
     # ---------------------------------------------------------- commit
     def commit(self):

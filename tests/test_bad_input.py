@@ -180,6 +180,7 @@ def test_query_image_errors(index32, tmp_path):
 def test_damaged_manifest(dataset, index32, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(index32, broken)
+    (broken / "manifest.prev.json").unlink(missing_ok=True)
     data = (broken / "manifest.json").read_bytes()
     (broken / "manifest.json").write_bytes(data[:4096])  # truncated
     one_line_error(run_cli(["info", broken], ok=False), "manifest.json", "damaged manifest")
@@ -197,6 +198,15 @@ def test_damaged_manifest(dataset, index32, tmp_path):
     run_cli(["index", dataset, "--out", broken, *UNTRAINED, "--quiet", "--overwrite", "--domains", "npr"])
     with ShapeIndex(broken, gpu="never") as si:
         assert si.domains == ["npr"]
+    # with a previous generation beside it, `cvret index` restores it and carries on
+    repair = tmp_path / "repair"
+    shutil.copytree(index32, repair)
+    shutil.copy(repair / "manifest.json", repair / "manifest.prev.json")
+    (repair / "manifest.json").write_bytes(data[:4096])
+    res = run_cli(["index", dataset, "--out", repair, *UNTRAINED, "--quiet", "--precision", "fp32",
+                   "--feature-dtype", "float32"])
+    assert "restored generation" in res.output and "0 embedded" in res.output
+    assert run_cli(["verify", repair, "--quiet"]).exit_code == 0
 
 
 def test_bad_query_options(index32, dataset):

@@ -99,25 +99,32 @@ def test_identical_images_share_one_stored_feature(tmp_path):
 STEP_FUNCTIONS = ("fsync", "replace", "link", "unlink", "ftruncate")
 
 
-def _crash_at(step: int, fn) -> int:
+def _crash_at(step: int, fn, torn: bool = False) -> int:
     """Run fn in a forked child that dies (os._exit, like SIGKILL: no cleanup) at its `step`-th file-system
-    step; returns the number of steps fn took when it was not stopped, or -1 when it was."""
+    step; with `torn`, a crash at an fsync first cuts the file being synced to half its length, as a
+    kill or power loss in the middle of writing it would. Returns the number of steps fn took when it
+    was not stopped, or -1 when it was."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         os.close(r)
         count = [0]
 
-        def wrap(real):
+        real_ftruncate = os.ftruncate
+
+        def wrap(name, real):
             def f(*a, **k):
                 count[0] += 1
                 if count[0] == step:
+                    if torn and name == "fsync":
+                        with contextlib.suppress(OSError):  # a folder's fd cannot be cut
+                            real_ftruncate(a[0], os.fstat(a[0]).st_size // 2)
                     os._exit(86)
                 return real(*a, **k)
             return f
 
         for name in STEP_FUNCTIONS:
-            setattr(os, name, wrap(getattr(os, name)))
+            setattr(os, name, wrap(name, getattr(os, name)))
         code = 0
         try:
             fn()
@@ -136,8 +143,8 @@ def _crash_at(step: int, fn) -> int:
 
 def test_fault_injection_at_every_write_step(tmp_path):
     """Kill the writer at every fsync/rename/link/unlink/truncate of an update (segments, manifest commits,
-    garbage collection, lock release): the index opens, every view verifies, and finishing the update
-    gives the same state as an update that was never interrupted."""
+    garbage collection, lock release), also with the file being synced torn in half: the index opens,
+    every view verifies, and finishing the update gives the same state as an uninterrupted update."""
     dim = 64
     rng = np.random.default_rng(0)
     feats = {f"s{i}": rng.standard_normal((3, dim)).astype(np.float32) for i in range(6)}
@@ -160,15 +167,15 @@ def test_fault_injection_at_every_write_step(tmp_path):
     total = _crash_at(0, lambda: update(ref))
     assert total > 10
     expected = state(ref)
-    for step in range(1, total + 1):
-        work = tmp_path / f"crash{step}"
+    for step, torn in [(n, t) for n in range(1, total + 1) for t in (False, True)]:
+        work = tmp_path / f"crash{step}{'t' if torn else ''}"
         shutil.copytree(base, work)
-        assert _crash_at(step, lambda: update(work)) == -1
+        assert _crash_at(step, lambda: update(work), torn) == -1
         with FeatureStore(work) as st:  # a consistent snapshot: the old state or a committed step of the update
             assert st.verify() == []
             assert {("npr", "s0", f"v{k}") for k in range(3)} <= set(st.lookup())
         update(work)
-        assert state(work) == expected, f"after a kill at step {step}"
+        assert state(work) == expected, f"after a kill at step {step} (torn write: {torn})"
         referenced = {r.segment for r in FeatureStore(work).records()}
         prev = json.loads((work / PREVIOUS_MANIFEST_FILE).read_text())["segments"]
         leftovers = {p.name for p in (work / SEGMENTS_DIR).iterdir()} - referenced - {s["name"] for s in prev}
