@@ -73,7 +73,7 @@ def encoder_options(f):
 @click.option("--compress", default=None, metavar="pca:R",
               help="also build a compressed candidate index (PCA codes of R numbers; queries re-rank exactly)")
 @click.option("--compress-sample", type=int, default=2048, show_default=True, help="views sampled to fit the PCA")
-@click.option("--commit-every", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--commit-every", type=click.IntRange(min=1), default=256, show_default=True,
               help="views per committed segment (an interrupted run loses at most this many)")
 @click.option("--no-verify", is_flag=True, help="skip reading every stored view's checksum before updating")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")

@@ -56,7 +56,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
-                compress_sample: int = 2048, commit_views: int = 64, verify: bool = True) -> IndexReport:
+                compress_sample: int = 2048, commit_views: int = 256, verify: bool = True) -> IndexReport:
     """Create or update the index folder `out` from `dataset` and return what was done.
 
     `commit_views`: views per committed segment (a kill loses at most that many); `verify`: read

@@ -23,6 +23,8 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -122,7 +124,12 @@ def _write_manifest(folder: Path, doc: dict, keep_previous: bool = True):
             f.write(data)
         if keep_previous and target.exists():  # keep the generation being replaced, for repair (a hard link: no copy)
             prev_tmp = temp_name(folder / PREVIOUS_MANIFEST_FILE)
-            os.link(target, prev_tmp)
+            try:
+                os.link(target, prev_tmp)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                shutil.copyfile(target, prev_tmp)  # a file system without hard links
             os.replace(prev_tmp, folder / PREVIOUS_MANIFEST_FILE)
 
 
@@ -166,6 +173,7 @@ class FeatureStore:
         self._by_row = {r.row: r for r in self._records}
         self._row_bytes = int(self.doc["feature_dim"]) * np.dtype(self.doc["feature_dtype"]).itemsize
         seg_dir = self.folder / SEGMENTS_DIR
+        _allow_open_files(len(self.doc["segments"]) + 256)
         try:
             for seg in self.doc["segments"]:
                 fd = os.open(seg_dir / seg["name"], os.O_RDONLY)
@@ -296,6 +304,16 @@ def _read_view(fd: int | None, rec: ViewRecord, buf: np.ndarray) -> bool:
     return got == buf.nbytes and feature_checksum(buf) == rec.checksum
 
 
+def _allow_open_files(n: int):
+    """A reader holds every segment of its snapshot open: raise the soft limit on open files towards the
+    hard limit when a large index needs it (the default soft limit is often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def damaged_message(folder: Path, rec: ViewRecord) -> str:
     return (f"{folder}: damaged feature of shape {rec.shape}, {rec.domain} {rec.viewpoint} (checksum mismatch in "
             f"{SEGMENTS_DIR}/{rec.segment}); run `cvret index` to re-embed it from {rec.path}")
@@ -361,7 +379,7 @@ class IndexWriter:
     """
 
     def __init__(self, folder: Path | str, *, fingerprint: dict | None = None, feature_dim: int | None = None,
-                 feature_dtype: str = "float16", commit_views: int = 64, commit_seconds: float = 30.0):
+                 feature_dtype: str = "float16", commit_views: int = 256, commit_seconds: float = 30.0):
         self.folder = Path(folder)
         if feature_dtype not in FEATURE_DTYPES:
             raise StoreError(f"unknown feature dtype {feature_dtype!r}; use float16 or float32")
@@ -515,15 +533,6 @@ class IndexWriter:
 
     def records(self) -> list[ViewRecord]:
         return sorted(self.views.values(), key=lambda r: r.row)
-
-    def read_raw(self, rows) -> np.ndarray:
-        out = np.empty((len(rows), self.feature_dim), dtype=self.feature_dtype)
-        flat = out.view(np.uint8).reshape(len(rows), self._row_bytes)
-        for i, row in enumerate(rows):
-            rec = self.views[int(row)]
-            if not _read_view(self._segment_fd(rec.segment), rec, flat[i]):
-                raise StoreError(damaged_message(self.folder, rec))
-        return out
 
     def find_damaged(self, progress=None) -> list[ViewRecord]:
         """Views whose stored bytes no longer match their checksum (read once, all of them)."""

@@ -5,6 +5,8 @@
 Sections (each prints ratios against a baseline measured in the same run, and the machine's load):
 - index: `cvret index` of the same small dataset (untrained weights) by this code and by the last
   format-1 release (a git worktree of FORMAT1_COMMIT): bytes on disk per view and views/s.
+- read: the two designs the storage issue allowed (raw segments + xxh3 per view, or HDF5 chunks with
+  Fletcher-32), read back view by view and whole.
 - commit: the store's write path for 256 views with fsync and with fsync disabled: what crash
   safety costs per view, as a fraction of the time to embed a view.
 - search: one exact query against N views of one (domain, viewpoint) held as float16, vs the time to
@@ -127,6 +129,43 @@ def section_commit(tmp: Path, quick: bool, embed_views_per_s: float | None) -> d
     return res
 
 
+# ---------------------------------------------------------------- read: raw segments vs HDF5 fletcher32
+def section_read(tmp: Path, quick: bool) -> dict:
+    """The two designs the storage issue allowed, read back view by view (as re-ranking does) and whole
+    (as loading a resident scan does): raw segments + xxh3 per view, or HDF5 chunks with Fletcher-32."""
+    import h5py
+
+    from retrieval.store import FeatureStore, IndexWriter
+
+    n = 64 if quick else 256
+    base = np.random.default_rng(2).standard_normal(D).astype(np.float16)
+    feats = np.stack([np.roll(base, 4099 * i) for i in range(n)])
+    folder = tmp / "raw"
+    with IndexWriter(folder, fingerprint={"model": "bench"}, feature_dim=D, commit_views=n) as w:
+        w.add([("npr", f"s{i}", "az000", f"p{i}", f"h{i}") for i in range(n)], feats)
+    h5path = tmp / "f32.h5"
+    with h5py.File(h5path, "w") as h5:
+        h5.create_dataset("features", data=feats, chunks=(1, D), fletcher32=True)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(n, size=min(42, n), replace=False)  # a re-rank's worth of candidates
+    with FeatureStore(folder) as st, h5py.File(h5path, "r") as h5:
+        rows = np.array([r.row for r in st.records()])
+        ds = h5["features"]
+        out = np.empty((n, D), np.float16)
+        r = {"views": n,
+             "raw_candidates_s": best_of(lambda: st.read_raw(rows[pick]), 5),
+             "hdf5_candidates_s": best_of(lambda: [ds[int(i)] for i in pick], 5),
+             "raw_all_s": best_of(lambda: st.read_raw(rows), 3),
+             "hdf5_all_s": best_of(lambda: ds.read_direct(out), 3)}
+    r["candidates_ratio_hdf5_to_raw"] = r["hdf5_candidates_s"] / r["raw_candidates_s"]
+    r["all_ratio_hdf5_to_raw"] = r["hdf5_all_s"] / r["raw_all_s"]
+    print(f"\nread: {len(pick)} candidate views / all {n} views, from the page cache, checksums checked")
+    print(f"  raw segments + xxh3: {r['raw_candidates_s'] * 1e3:.1f} ms / {r['raw_all_s'] * 1e3:.1f} ms; HDF5 "
+          f"Fletcher-32 chunks: {r['hdf5_candidates_s'] * 1e3:.1f} ms / {r['hdf5_all_s'] * 1e3:.1f} ms "
+          f"({r['candidates_ratio_hdf5_to_raw']:.2f}x / {r['all_ratio_hdf5_to_raw']:.2f}x)")
+    return r
+
+
 # ---------------------------------------------------------------- search
 def make_index(folder: Path, n: int):
     """n float16 views of one (domain, viewpoint): rolled copies of one random vector (cheap, all distinct)."""
@@ -212,7 +251,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     ap.add_argument("--sizes", default=None, help="search gallery sizes, e.g. 2000,20000")
-    ap.add_argument("--sections", default="index,commit,search")
+    ap.add_argument("--sections", default="index,commit,read,search")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([300] if a.quick else [2000, 20000])
@@ -226,6 +265,8 @@ def main():
         if "commit" in sections:
             rate = res.get("index", {}).get("format2", {}).get("embed_views_per_s")
             res["commit"] = section_commit(tmp, a.quick, rate)
+        if "read" in sections:
+            res["read"] = section_read(tmp, a.quick)
         if "search" in sections:
             res["search"] = section_search(tmp, sizes)
     res["load_after"] = load()
