@@ -49,7 +49,7 @@ def encoder_options(f):
 
 
 @main.command("index")
-@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.argument("dataset_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="index folder to create or update")
 @click.option("--pattern", "patterns", multiple=True,
               help="relative path pattern with {domain} {shape} {viewpoint} [{ext}] (repeatable); "
@@ -76,16 +76,36 @@ def encoder_options(f):
 @click.option("--commit-every", type=click.IntRange(min=1), default=256, show_default=True,
               help="views per committed segment (an interrupted run loses at most this many)")
 @click.option("--no-verify", is_flag=True, help="skip reading every stored view's checksum before updating")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="spread shapes over K shard folders by a stable hash of the shape id")
+@click.option("--shard", "only_shards", type=int, multiple=True,
+              help="with --shards: build only this shard (repeatable), e.g. one per machine")
+@click.option("--merge", "merge_from", multiple=True, type=click.Path(path_type=Path),
+              help="put the shard folders of sharded indexes built elsewhere into --out (repeatable; no embedding)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
               device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
-              commit_every, no_verify, as_json, quiet):
+              commit_every, no_verify, shards, only_shards, merge_from, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
     from .indexer import build_index
+    from .shards import build_sharded, is_sharded, merge_shards, read_shards
     from .viewpoints import make_viewpoints, parse_azimuths
+
+    if merge_from:
+        if dataset_dir is not None:
+            raise click.UsageError("--merge combines built shards; give no DATASET_DIR with it")
+        added = merge_shards(list(merge_from), out)
+        click.echo(f"{out}: merged shards {', '.join(map(str, added)) or '(none new)'} of {read_shards(out)}")
+        return
+    if dataset_dir is None:
+        raise click.UsageError("missing DATASET_DIR")
+    if only_shards and not shards:
+        raise click.UsageError("--shard needs --shards K")
+    if shards is None and is_sharded(out):
+        shards = read_shards(out)
 
     vps = None
     if azimuths:
@@ -104,19 +124,26 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
     if weights == "untrained" and not as_json:
         click.echo(f"note: untrained RN101 weights (seed {seed}): features are random projections, not CLIP's; "
                    "numbers from this index are not the paper's", err=True)
-    rep = build_index(ds, out, spec, domains=dom, device=device, precision=precision, batch_size=batch_size,
-                      feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
-                      prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
-                      commit_views=commit_every, verify=not no_verify)
-    for note in rep.notes:
-        click.echo(f"note: {note}", err=True)
-    for path, msg in rep.failed:
-        click.echo(f"skipped: {msg}", err=True)
-    if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False))
+    options = dict(domains=dom, device=device, precision=precision, batch_size=batch_size,
+                   feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
+                   prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
+                   commit_views=commit_every, verify=not no_verify)
+    if shards:
+        reports = build_sharded(ds, out, spec, shards, list(only_shards) or None, **options)
     else:
-        click.echo(f"{out}: {rep.embedded} embedded, {rep.copied} copied from identical images, "
-                   f"{rep.unchanged} unchanged, {len(rep.failed)} skipped"
+        reports = {None: build_index(ds, out, spec, **options)}
+    for rep in reports.values():
+        for note in rep.notes:
+            click.echo(f"note: {note}", err=True)
+        for path, msg in rep.failed:
+            click.echo(f"skipped: {msg}", err=True)
+    if as_json:
+        doc = {str(k): r.to_dict() for k, r in reports.items()} if shards else reports[None].to_dict()
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    for k, rep in reports.items():
+        click.echo(f"{out}{'' if k is None else f' shard {k}'}: {rep.embedded} embedded, {rep.copied} copied from "
+                   f"identical images, {rep.unchanged} unchanged, {len(rep.failed)} skipped"
                    + (f", {rep.repaired} damaged views re-embedded" if rep.repaired else "") + " "
                    f"({rep.seconds:.1f} s; {rep.views_per_second:.1f} views/s embedding)")
 
@@ -216,9 +243,10 @@ def info_cmd(index_dir, as_json):
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def verify_cmd(index_dir, as_json, quiet):
     """Read every stored view and check its checksum; exit 1 when any is damaged."""
+    from .shards import ShardedIndex, is_sharded
     from .store import open_store
 
-    store = open_store(index_dir)
+    store = ShardedIndex(index_dir, gpu="never").store if is_sharded(index_dir) else open_store(index_dir)
     try:
         bar = None
         if not quiet and not as_json:

@@ -29,6 +29,14 @@ class ShapeIndex:
     `gpu`: 'auto' (a GPU candidate source when faiss or torch sees one), 'never' or 'always'.
     """
 
+    def __new__(cls, folder: Path | str, *args, **kwargs):
+        """A sharded folder (shards.json) opens as a `shards.ShardedIndex`, which has this interface."""
+        from .shards import ShardedIndex, is_sharded
+
+        if cls is ShapeIndex and is_sharded(folder):
+            return ShardedIndex(folder, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():

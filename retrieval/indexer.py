@@ -56,11 +56,13 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
-                compress_sample: int = 2048, commit_views: int = 256, verify: bool = True) -> IndexReport:
+                compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
+                encoder_cache: dict | None = None) -> IndexReport:
     """Create or update the index folder `out` from `dataset` and return what was done.
 
     `commit_views`: views per committed segment (a kill loses at most that many); `verify`: read
-    every stored view's checksum first and embed damaged ones again.
+    every stored view's checksum first and embed damaged ones again; `encoder_cache`: a dict that keeps
+    the encoder built here for the next call (several shards, one model).
     """
     out = Path(out)
     t0 = time.perf_counter()
@@ -80,7 +82,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     try:
         _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
                 feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
-                encoder=encoder, commit_views=commit_views, verify=verify)
+                encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache)
     except BaseException:
         if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
             import shutil
@@ -113,7 +115,7 @@ def _discard(out: Path):
 
 
 def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
-            max_pixels, prune, progress, encoder, commit_views, verify):
+            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None):
     # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
     shas: dict[int, str] = {}
     for i, v in enumerate(views):
@@ -157,8 +159,12 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
             else:
                 to_embed.append((v, sha))
                 embedding.add(sha)
+        if encoder is None and encoder_cache is not None:
+            encoder = encoder_cache.get("encoder")
         if to_embed and encoder is None:
             encoder = LayerEncoder(spec, device=device, precision=precision)
+            if encoder_cache is not None:
+                encoder_cache["encoder"] = encoder
         if writer is None:
             if encoder is None:
                 raise CvretError(f"{dataset.root}: no readable views to index")
