@@ -82,11 +82,15 @@ def encoder_options(f):
               help="with --shards: build only this shard (repeatable), e.g. one per machine")
 @click.option("--merge", "merge_from", multiple=True, type=click.Path(path_type=Path),
               help="put the shard folders of sharded indexes built elsewhere into --out (repeatable; no embedding)")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="with --shards: embed the shards on a Ray cluster (pip install -e '.[cluster]')")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="with --ray: embedding actors (default: one per GPU, else one per 2 CPUs)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
               device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
-              commit_every, no_verify, shards, only_shards, merge_from, as_json, quiet):
+              commit_every, no_verify, shards, only_shards, merge_from, ray_address, workers, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
@@ -104,6 +108,8 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
         raise click.UsageError("missing DATASET_DIR")
     if only_shards and not shards:
         raise click.UsageError("--shard needs --shards K")
+    if ray_address and not shards and not is_sharded(out):
+        raise click.UsageError("--ray builds a sharded index: give --shards K")
     if shards is None and is_sharded(out):
         shards = read_shards(out)
 
@@ -128,7 +134,20 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
                    feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
                    prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
                    commit_views=commit_every, verify=not no_verify)
-    if shards:
+    if shards and ray_address:
+        from .cluster import build_on_ray
+        from .indexer import IndexReport
+
+        raw = build_on_ray(ds, out, spec, shards, ray_address, workers=workers, shards=list(only_shards) or None,
+                           **options)
+        reports = {k: IndexReport(index=str(out), embedded=r.get("embedded", 0), copied=r.get("copied", 0),
+                                  unchanged=r.get("unchanged", 0), seconds=r.get("seconds", 0.0),
+                                  embed_seconds=r.get("embedded", 0) / r["views_per_second"]
+                                  if r.get("views_per_second") else 0.0,
+                                  notes=r.get("notes", []), repaired=r.get("repaired", 0),
+                                  failed=[(f["path"], f["error"]) for f in r.get("failed", [])])
+                   for k, r in sorted(raw.items())}
+    elif shards:
         reports = build_sharded(ds, out, spec, shards, list(only_shards) or None, **options)
     else:
         reports = {None: build_index(ds, out, spec, **options)}
@@ -162,9 +181,11 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
               help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
 @click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
 @encoder_options
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="sharded index: search its shards in actors of a Ray cluster")
 @click.option("--json", "as_json", is_flag=True, help="print hits as JSON")
 def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, precision, device,
-              as_json):
+              ray_address, as_json):
     """Rank shapes for SKETCH (or for several --view VIEWPOINT=IMAGE sketches)."""
     from .images import load_image
     from .search import open_engine
@@ -173,6 +194,13 @@ def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, mo
         raise click.BadParameter("must be at least 1", param_hint="-k")
     if (sketch is None) == (not views):
         raise click.UsageError("give either one SKETCH or one or more --view VIEWPOINT=IMAGE")
+    if ray_address:
+        from .search import QueryEngine
+        from .shards import ShardedIndex, is_sharded
+
+        if not is_sharded(index_dir):
+            raise click.UsageError("--ray searches a sharded index (built with --shards K)")
+        open_engine = lambda d, **kw: QueryEngine(ShardedIndex(d, ray=ray_address), **kw)  # noqa: E731
     engine = open_engine(index_dir, mode=mode, candidates=candidates, weights=weights, device=device,
                          precision=precision)
     excluded = 0

@@ -216,7 +216,9 @@ class ShardedStore:
 class ShardedIndex:
     """A sharded index folder with the interface of `index.ShapeIndex` (read-only)."""
 
-    def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True):
+    def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True, ray: str | None = None):
+        """`ray`: None (shards opened in this process) or a Ray address ('auto', 'local', host:port): each
+        shard is then held by an actor of that cluster (`cluster.open_remote_shards`)."""
         from .encoder import fingerprint_matches
         from .index import ShapeIndex
 
@@ -225,7 +227,11 @@ class ShardedIndex:
         self.n_shards = read_shards(self.folder)
         self.parts: list[tuple[int, ShapeIndex]] = []
         try:
-            for k in range(self.n_shards):
+            if ray is not None:
+                from .cluster import open_remote_shards
+
+                self.parts = open_remote_shards(self.folder, ray)
+            for k in range(self.n_shards if ray is None else 0):
                 if index_exists(shard_folder(self.folder, k)):
                     self.parts.append((k, ShapeIndex(shard_folder(self.folder, k), gpu=gpu, gpu_float16=gpu_float16)))
             if not self.parts:
