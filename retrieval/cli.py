@@ -213,19 +213,29 @@ def info_cmd(index_dir, as_json):
 @click.option("--crease-angle", type=float, default=134.43, show_default=True,
               help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
 @click.option("--domains", default="npr,rgb", show_default=True)
+@click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default="shapenet-v2",
+              show_default=True, help="where the mesh files put the object's front and up: shapenet-v2 = front -Z, "
+                                      "up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
+@click.option("--front", default=None, metavar="AXIS", help="the object's front in the files (+x,-x,+y,-y,+z,-z); "
+                                                            "overrides --convention")
+@click.option("--up", default=None, metavar="AXIS", help="the object's up in the files; overrides --convention")
+@click.option("--azimuth-sign", type=click.Choice(["+1", "-1"]), default="+1", show_default=True,
+              help="+1: increasing azimuth moves the camera to the object's left; -1: to its right")
 @click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
-def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, domains, workers,
-               force, quiet):
+def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, domains, convention,
+               front, up, azimuth_sign, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
+    from .render.orientation import resolve
     from .viewpoints import make_viewpoints, parse_azimuths
 
+    front, up = resolve(convention, front, up)
     try:
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
         settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
-                                  crease_angle=crease_angle)
+                                  crease_angle=crease_angle, front=front, up=up, azimuth_sign=int(azimuth_sign))
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())

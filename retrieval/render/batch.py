@@ -22,12 +22,13 @@ from pathlib import Path
 import trimesh
 from tqdm import tqdm
 
-from ..dataset import write_dataset_json
-from ..errors import CvretError
-from ..viewpoints import AXIS_CONVENTION, DEFAULT_VIEWPOINTS, Viewpoint
+from ..dataset import DATASET_JSON, write_dataset_json
+from ..errors import ConfigError, CvretError
+from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .camera import RENDERER_VERSION, RenderSettings
 from .mesh import MESH_EXTENSIONS, PreparedMesh, load_mesh, mesh_signature, prepare
 from .npr import draw_strokes, visible_strokes
+from .orientation import LEGACY_ORIENTATION
 from .rgb import cast_view, shade
 
 DOMAINS = ("npr", "rgb")
@@ -144,6 +145,29 @@ def views_fingerprint(settings: RenderSettings, viewpoints) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def check_orientation(out_dir, settings: RenderSettings) -> None:
+    """Refuse to render into a dataset whose views were made under another orientation convention.
+
+    Views of one dataset must agree on where az000 is; a folder rendered before conventions were
+    recorded counts as front +Z, up +Y (what cvret did then)."""
+    path = Path(out_dir) / DATASET_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    render = meta.get("render") if isinstance(meta, dict) else None
+    if not isinstance(render, dict):
+        return
+    old = render.get("orientation") or LEGACY_ORIENTATION
+    new = settings.orientation()
+    keys = ("front", "up", "azimuth_sign")
+    if any(old.get(k) != new[k] for k in keys):
+        def text(o):
+            return f"front {o.get('front')}, up {o.get('up')}, azimuth sign {o.get('azimuth_sign'):+d}"
+        raise ConfigError(f"{path}: this dataset was rendered with {text(old)}; this run asks for {text(new)} "
+                          "(one dataset cannot mix conventions: render into another --out folder)")
+
+
 def _record_path(out_dir: Path, shape_id: str) -> Path:
     return out_dir / RECORD_DIR / f"{shape_id}.json"
 
@@ -218,6 +242,7 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
     out_dir = Path(out_dir)
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
+    check_orientation(out_dir, settings)
     sid = _safe(str(shape_id))
     fp = views_fingerprint(settings, viewpoints)
     sig = "mesh:" + mesh_signature(mesh)
@@ -229,7 +254,8 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
     if write_json:
         write_dataset_json(out_dir, viewpoints, categories,
                            source=_source_note(["<in-memory meshes>"], settings),
-                           extra=_render_meta(settings, domains, fp))
+                           extra=_render_meta(settings, domains, fp),
+                           axis_convention=settings.orientation()["description"])
     return status
 
 
@@ -265,6 +291,7 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
     out_dir = Path(out_dir)
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
+    check_orientation(out_dir, settings)
     report = RenderReport(out_dir)
     files = find_mesh_files(sources)
     fp = views_fingerprint(settings, viewpoints)
@@ -320,7 +347,8 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
     report.failed.sort(key=lambda f: f[0])
     srcs = [str(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     write_dataset_json(out_dir, viewpoints, categories, source=_source_note(srcs, settings),
-                       extra=_render_meta(settings, domains, fp, failed=report.failed))
+                       extra=_render_meta(settings, domains, fp, failed=report.failed),
+                       axis_convention=settings.orientation()["description"])
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -331,13 +359,14 @@ def _source_note(sources: list[str], settings: RenderSettings) -> str:
             f"{settings.crease_angle} deg; Lambert RGB) from {src}; {settings.size}px, mesh bbox centred and "
             f"scaled to half-diagonal {settings.half_diagonal}, "
             f"camera at distance {settings.camera_distance}, "
-            f"{settings.focal_mm}mm lens on {settings.sensor_mm}mm sensor; axis: {AXIS_CONVENTION}")
+            f"{settings.focal_mm}mm lens on {settings.sensor_mm}mm sensor; "
+            f"axis: {settings.orientation()['description']}")
 
 
 def _render_meta(settings: RenderSettings, domains, fp: str, failed=None) -> dict:
     meta = {"settings": settings.to_dict(), "settings_fingerprint": settings.fingerprint(),
             "views_fingerprint": fp, "renderer_version": RENDERER_VERSION, "domains": list(domains),
-            "axis_convention": AXIS_CONVENTION}
+            "orientation": settings.orientation()}
     if failed is not None:
         meta["failed"] = [{"path": p, "error": m} for p, m in failed]
     return {"render": meta}

@@ -130,8 +130,21 @@ def mesh_colors(mesh: trimesh.Trimesh):
     return None
 
 
+def orient_mesh(mesh: trimesh.Trimesh, settings: RenderSettings) -> trimesh.Trimesh:
+    """The mesh turned from its file's convention (settings.front/up) into the cameras' frame."""
+    from .orientation import rotation
+
+    if (settings.front, settings.up) == ("+z", "+y"):
+        return mesh
+    m = np.eye(4)
+    m[:3, :3] = rotation(settings.front, settings.up)
+    out = mesh.copy()
+    out.apply_transform(m)
+    return out
+
+
 class PreparedMesh:
-    """One shape ready for any number of views: normalised mesh, BVH, feature edges, colours."""
+    """One shape ready for any number of views: oriented and normalised mesh, BVH, feature edges, colours."""
 
     def __init__(self, mesh: trimesh.Trimesh, settings: RenderSettings):
         from .raycast import RayScene  # local: raycast imports nothing from here, keeps import order simple
@@ -139,6 +152,7 @@ class PreparedMesh:
         if not isinstance(mesh, trimesh.Trimesh):
             raise TypeError(f"expected a trimesh.Trimesh, got {type(mesh).__name__}")
         self.name = mesh_name(mesh)
+        mesh = orient_mesh(mesh, settings)
         self.mesh = normalize_mesh(mesh, settings.half_diagonal) if settings.normalize else mesh
         if not settings.normalize:  # still refuse what cannot be rendered
             normalize_mesh(mesh, settings.half_diagonal)
