@@ -212,6 +212,9 @@ def info_cmd(index_dir, as_json):
 @click.option("--line-width", type=float, default=1.25, show_default=True, help="NPR line width in output pixels")
 @click.option("--crease-angle", type=float, default=134.43, show_default=True,
               help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
+@click.option("--line-tone", type=click.Choice(["freestyle", "flat"]), default="freestyle", show_default=True,
+              help="freestyle: anti-aliased coverage composited in linear light, stored sRGB (Blender's look); "
+                   "flat: 8-bit box filter (darker, cvret's first look)")
 @click.option("--domains", default="npr,rgb", show_default=True)
 @click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default="shapenet-v2",
               show_default=True, help="where the mesh files put the object's front and up: shapenet-v2 = front -Z, "
@@ -224,7 +227,8 @@ def info_cmd(index_dir, as_json):
 @click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
-def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, domains, convention,
+def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
+               convention,
                front, up, azimuth_sign, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
@@ -235,7 +239,8 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
     try:
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
         settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
-                                  crease_angle=crease_angle, front=front, up=up, azimuth_sign=int(azimuth_sign))
+                                  crease_angle=crease_angle, line_tone=line_tone, front=front, up=up,
+                                  azimuth_sign=int(azimuth_sign))
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())

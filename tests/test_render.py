@@ -17,8 +17,9 @@ from retrieval.render import (Camera, PreparedMesh, RenderSettings, draw_strokes
 from retrieval.viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 
 # The meshes below are built in the cameras' own frame (front +Z, up +Y), so these geometric
-# checks read them that way; the file conventions are tested in test_orientation.py.
-S = RenderSettings(front="+z", up="+y")
+# checks read them that way; the file conventions are tested in test_orientation.py. Their grey
+# thresholds are for the flat tone (both tones ink the same pixels: test_line_tone.py).
+S = RenderSettings(front="+z", up="+y", line_tone="flat")
 VP30 = DEFAULT_VIEWPOINTS[1]
 
 

@@ -19,6 +19,8 @@ from ..errors import ConfigError
 from ..viewpoints import Viewpoint
 from .orientation import CONVENTIONS, DEFAULT_CONVENTION, check_axis
 
+LINE_TONES = ("freestyle", "flat")
+
 # Bump when a code change alters pixels, so that resumed runs re-render old outputs.
 RENDERER_VERSION = "2"  # 2: mesh files turned from their convention (front/up) before rendering
 
@@ -37,6 +39,7 @@ class RenderSettings:
     normalize: bool = True             # centre + scale the mesh before rendering (idempotent)
     crease_angle: float = 134.43       # Freestyle's: crease where the dihedral angle is below this
     line_width: float = 1.25           # stroke width, output pixels
+    line_tone: str = "freestyle"       # freestyle: coverage composited in linear light, stored sRGB; flat: 8-bit box filter
     piece_length: float = 0.5          # hidden-line test granularity along an edge, output pixels
     depth_tolerance: float = 2e-3      # occlusion slack, world units at half_diagonal 0.56 (scaled)
     min_stroke_length: float = 0.75    # drop visible specks shorter than this, output pixels
@@ -66,6 +69,8 @@ class RenderSettings:
         if self.front[1] == self.up[1]:
             raise ConfigError(f"--front {self.front} and --up {self.up} are on the same axis; "
                               "they must be perpendicular")
+        if self.line_tone not in LINE_TONES:
+            raise ConfigError(f"--line-tone {self.line_tone!r}: unknown; choose from {', '.join(LINE_TONES)}")
         if self.azimuth_sign not in (1, -1):
             raise ConfigError(f"--azimuth-sign must be +1 or -1, got {self.azimuth_sign}")
         object.__setattr__(self, "azimuth_sign", int(self.azimuth_sign))
