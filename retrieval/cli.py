@@ -54,8 +54,18 @@ def encoder_options(f):
 @click.option("--pattern", "patterns", multiple=True,
               help="relative path pattern with {domain} {shape} {viewpoint} [{ext}] (repeatable); "
                    "default: the cvret layout {domain}/{shape}/{viewpoint}.{ext}")
+@click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
+                                                          "shrec14"]),
+              help="read a public sketch dataset in place (expected trees: README, Dataset presets)")
+@click.option("--views", "view_map", default=None, metavar="VIEW=VIEWPOINT,...",
+              help="amateursketch/prosketch: file view token -> viewpoint, e.g. 0=az000,1=az030,2=az075 (the default)")
+@click.option("--split", default="all", type=click.Choice(["train", "test", "all"]), show_default=True,
+              help="shrec13/shrec14: which sketches")
+@click.option("--sketch-viewpoints", default="nearest", type=click.Choice(["nearest", "own"]), show_default=True,
+              help="sketch2model: snap each sketch to the nearest declared viewpoint (--azimuths, default the seed's), "
+                   "or keep its own (for a gallery rendered with `cvret render --viewpoints-from`)")
 @click.option("--default-domain", default="sketch", show_default=True,
-              help="domain of views matched by a pattern without {domain}")
+              help="domain of views matched by a pattern without {domain} (and of preset sketches)")
 @click.option("--domains", default=None, help="comma-separated domains to embed (default: all found)")
 @click.option("--azimuths", default=None, help="declare viewpoints by azimuth, e.g. 0,30,75 (default: dataset.json)")
 @click.option("--elevation", type=float, default=10.0, show_default=True)
@@ -75,9 +85,9 @@ def encoder_options(f):
 @click.option("--compress-sample", type=int, default=2048, show_default=True, help="views sampled to fit the PCA")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
-              device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
-              as_json, quiet):
+def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths, elevation, weights,
+              seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress,
+              compress_sample, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
@@ -91,8 +101,18 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--azimuths")
     dom = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-    ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
-                  default_domain=default_domain)
+    if preset:
+        from .presets import read_preset
+
+        if patterns:
+            raise click.UsageError("give either --preset or --pattern, not both")
+        ds = read_preset(preset, dataset_dir, views=view_map, domain=default_domain, split=split, elevation=elevation,
+                         viewpoints="own" if sketch_viewpoints == "own" else vps)
+    else:
+        if view_map:
+            raise click.UsageError("--views needs --preset amateursketch or prosketch")
+        ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
+                      default_domain=default_domain)
     for p in ds.problems[:20]:
         click.echo(f"warning: {p}", err=True)
     if len(ds.problems) > 20:
@@ -216,25 +236,39 @@ def info_cmd(index_dir, as_json):
               help="freestyle: anti-aliased coverage composited in linear light, stored sRGB (Blender's look); "
                    "flat: 8-bit box filter (darker, cvret's first look)")
 @click.option("--domains", default="npr,rgb", show_default=True)
-@click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default="shapenet-v2",
-              show_default=True, help="where the mesh files put the object's front and up: shapenet-v2 = front -Z, "
-                                      "up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
+@click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default=None,
+              help="where the mesh files put the object's front and up: shapenet-v2 (the default; a --preset sets "
+                   "its own) = front -Z, up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
 @click.option("--front", default=None, metavar="AXIS", help="the object's front in the files (+x,-x,+y,-y,+z,-z); "
                                                             "overrides --convention")
 @click.option("--up", default=None, metavar="AXIS", help="the object's up in the files; overrides --convention")
 @click.option("--azimuth-sign", type=click.Choice(["+1", "-1"]), default="+1", show_default=True,
               help="+1: increasing azimuth moves the camera to the object's left; -1: to its right")
+@click.option("--preset", default=None, type=click.Choice(["shapenet-v1", "shapenet-v2", "shrec13", "shrec14"]),
+              help="read a public mesh tree in place (shape ids, categories and, for ShapeNet, the convention)")
+@click.option("--viewpoints-from", "viewpoints_from", default=None, type=click.Path(path_type=Path),
+              help="a sketch2model tree: render each shape at its sketch's own viewpoint (view.txt)")
 @click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
 def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
-               convention,
-               front, up, azimuth_sign, workers, force, quiet):
+               convention, front, up, azimuth_sign, preset, viewpoints_from, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
     from .render.orientation import resolve
     from .viewpoints import make_viewpoints, parse_azimuths
 
+    tree = None
+    if preset:
+        from .presets import read_mesh_preset
+
+        if len(sources) != 1:
+            raise click.UsageError("--preset reads one tree: give its root folder once")
+        tree = read_mesh_preset(preset, sources[0])
+        for p in tree.problems:
+            click.echo(f"warning: {p}", err=True)
+        if convention is None and not front and not up:
+            convention = tree.convention
     front, up = resolve(convention, front, up)
     try:
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
@@ -244,8 +278,15 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())
+    own = None
+    if viewpoints_from is not None:
+        from .presets import sketch2model_viewpoints
+
+        own = {sid: [vp] for sid, vp in sketch2model_viewpoints(viewpoints_from).items()}
     rep = render_dataset(list(sources) if len(sources) > 1 else sources[0], out, viewpoints=vps, settings=settings,
-                         domains=doms, workers=workers, progress=not quiet, force=force)
+                         domains=doms, workers=workers, progress=not quiet, force=force,
+                         shape_files=tree.files if tree else None, categories=tree.categories if tree else None,
+                         viewpoints_for=own)
     click.echo(rep.summary())
     if not rep.rendered and not rep.skipped:
         _fail(f"{out}: no mesh could be rendered")

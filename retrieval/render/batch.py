@@ -279,24 +279,32 @@ def _job(path: str, shape_id: str, out_dir: str, viewpoints, settings, domains, 
 
 def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
                    settings: RenderSettings = RenderSettings(), domains=DOMAINS, workers: int | None = None,
-                   progress: bool = True, categories=None, force: bool = False) -> RenderReport:
+                   progress: bool = True, categories=None, force: bool = False, shape_files=None,
+                   viewpoints_for: dict | None = None) -> RenderReport:
     """Render mesh files (a file, a folder searched recursively, or a list) into a cvret dataset.
 
     Parallel over meshes (`workers` processes, default min(cpu, 4); 1 runs inline), resumable
     (shapes up to date are skipped unless `force`), and a mesh that fails is reported in
     `RenderReport.failed` with its path and reason while the others are rendered. Writes
     dataset.json with the viewpoints, categories, axis convention and render settings.
+    `shape_files`: (path, shape id) pairs chosen by a preset instead of scanning `sources`;
+    `viewpoints_for`: {shape id: [Viewpoint]} to render some shapes at their own viewpoints
+    (a sketch's camera) instead of `viewpoints`.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
+    viewpoints_for = {str(k): list(v) for k, v in (viewpoints_for or {}).items()}
     check_orientation(out_dir, settings)
     report = RenderReport(out_dir)
-    files = find_mesh_files(sources)
-    fp = views_fingerprint(settings, viewpoints)
+    files = [(Path(p), str(s)) for p, s in shape_files] if shape_files is not None else find_mesh_files(sources)
+    all_vps = {}
     jobs = []
     for path, sid in files:
+        vps = viewpoints_for.get(sid, viewpoints)
+        all_vps.update({vp.name: vp for vp in vps})
+        fp = views_fingerprint(settings, vps)
         try:
             sig = file_signature(path)
         except OSError as e:
@@ -304,9 +312,9 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
                    else f"cannot read mesh file ({e.strerror or e})")
             report.failed.append((str(path), f"{path}: {why}"))
             continue
-        todo = list(domains) if force else _todo_domains(out_dir, sid, viewpoints, domains, fp, sig)
+        todo = list(domains) if force else _todo_domains(out_dir, sid, vps, domains, fp, sig)
         if todo:
-            jobs.append((str(path), sid, str(out_dir), viewpoints, settings, tuple(todo), sig, fp))
+            jobs.append((str(path), sid, str(out_dir), vps, settings, tuple(todo), sig, fp))
         else:
             report.skipped.append(sid)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -346,8 +354,10 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
     report.rendered.sort(key=order.get)
     report.failed.sort(key=lambda f: f[0])
     srcs = [str(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
-    write_dataset_json(out_dir, viewpoints, categories, source=_source_note(srcs, settings),
-                       extra=_render_meta(settings, domains, fp, failed=report.failed),
+    declared = (list(all_vps.values()) or viewpoints) if viewpoints_for else viewpoints
+    write_dataset_json(out_dir, declared, categories, source=_source_note(srcs, settings),
+                       extra=_render_meta(settings, domains, views_fingerprint(settings, viewpoints),
+                                          failed=report.failed),
                        axis_convention=settings.orientation()["description"])
     report.seconds = time.perf_counter() - t0
     return report
