@@ -303,13 +303,24 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
 @click.option("--device", default="auto", show_default=True, help="matrix products on auto, cpu or cuda")
+@click.option("--relevance", type=click.Choice(["shape", "category"]), default=None,
+              help="shape (default): the seed's studies, the same shape is the right answer; category: SHREC "
+                   "metrics (NN, FT, ST, E, DCG, mAP, PR curve), any shape of the query's category is relevant")
+@click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
+                                                          "shrec14"]),
+              help="the dataset's protocol: shrec13/shrec14 evaluate with --relevance category, the others with shape")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, as_json, quiet):
-    """The seed's Study 1 and Study 2 as retrieval evaluations: report.json, report.md, CSVs, figures."""
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, relevance, preset, as_json,
+             quiet):
+    """The seed's Study 1 and Study 2 as retrieval evaluations (or SHREC category metrics): report.json,
+    report.md, CSVs, figures."""
     from . import gemm
     from .index import ShapeIndex
     from .studies import evaluate, headline_table
+
+    if relevance is None:
+        relevance = "category" if preset in ("shrec13", "shrec14") else "shape"
 
     pair_list = []
     for item in pairs.split(","):
@@ -323,16 +334,22 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
     sources = [ShapeIndex(d, gpu="never") for d in index_dirs]
     try:
         with gemm.on(device):
-            report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
-                              study2_objects=study2_objects, progress=not quiet and not as_json,
-                              cvret_version=__version__, memory_mb=memory_mb)
+            if relevance == "category":
+                from .shrec import evaluate_category, headline_table as category_table
+
+                report = evaluate_category(sources, out, pairs=pair_list, memory_mb=memory_mb,
+                                           cvret_version=__version__, progress=not quiet and not as_json)
+            else:
+                report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
+                                  study2_objects=study2_objects, progress=not quiet and not as_json,
+                                  cvret_version=__version__, memory_mb=memory_mb)
     finally:
         for s in sources:
             s.close()
     if as_json:
         click.echo((Path(out) / "report.json").read_text(encoding="utf-8"))
         return
-    click.echo(headline_table(report))
+    click.echo(category_table(report) if relevance == "category" else headline_table(report))
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
