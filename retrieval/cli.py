@@ -246,13 +246,15 @@ def info_cmd(index_dir, as_json):
               help="+1: increasing azimuth moves the camera to the object's left; -1: to its right")
 @click.option("--preset", default=None, type=click.Choice(["shapenet-v1", "shapenet-v2", "shrec13", "shrec14"]),
               help="read a public mesh tree in place (shape ids, categories and, for ShapeNet, the convention)")
+@click.option("--only", "only", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="a text file of shape ids (one per line): render only these (e.g. the shapes that have sketches)")
 @click.option("--viewpoints-from", "viewpoints_from", default=None, type=click.Path(path_type=Path),
               help="a sketch2model tree: render each shape at its sketch's own viewpoint (view.txt)")
 @click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
 def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
-               convention, front, up, azimuth_sign, preset, viewpoints_from, workers, force, quiet):
+               convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
     from .render.orientation import resolve
@@ -278,6 +280,20 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())
+    files = tree.files if tree else None
+    if only is not None:
+        from .errors import ConfigError
+        from .render import find_mesh_files
+
+        try:
+            wanted = [ln.strip() for ln in only.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{only}: cannot read the --only list ({e})") from None
+        pool = files if files is not None else find_mesh_files(list(sources) if len(sources) > 1 else sources[0])
+        files = [(p, sid) for p, sid in pool if sid in set(wanted)]
+        absent = sorted(set(wanted) - {sid for _, sid in files})
+        if absent:
+            click.echo(f"warning: {only}: {len(absent)} ids have no mesh, e.g. {', '.join(absent[:3])}", err=True)
     own = None
     if viewpoints_from is not None:
         from .presets import sketch2model_viewpoints
@@ -285,7 +301,7 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
         own = {sid: [vp] for sid, vp in sketch2model_viewpoints(viewpoints_from).items()}
     rep = render_dataset(list(sources) if len(sources) > 1 else sources[0], out, viewpoints=vps, settings=settings,
                          domains=doms, workers=workers, progress=not quiet, force=force,
-                         shape_files=tree.files if tree else None, categories=tree.categories if tree else None,
+                         shape_files=files, categories=tree.categories if tree else None,
                          viewpoints_for=own)
     click.echo(rep.summary())
     if not rep.rendered and not rep.skipped:

@@ -384,8 +384,10 @@ def _shapenet(root: Path, name: str, unexpected):
     files, cats, seen = [], {}, {}
     for p in _walk(root):
         rel = p.relative_to(root).parts
-        if len(rel) >= 2 + len(want) and tuple(rel[-len(want):]) == want:
-            synset, sid = rel[-len(want) - 2], rel[-len(want) - 1]
+        if len(rel) >= 1 + len(want) and tuple(rel[-len(want):]) == want:
+            # <synset>/<id>/..., or a synset folder given as the root: <id>/...
+            synset = rel[-len(want) - 2] if len(rel) >= 2 + len(want) else root.name
+            sid = rel[-len(want) - 1]
             if sid in seen:
                 raise DatasetError(f"{p}: shape id {sid} appears twice (also {seen[sid]})")
             seen[sid] = p

@@ -22,10 +22,15 @@ def test_recipe_shapenet_v2_and_amateursketch(tmp_path):
         generate_shape("chair", i, seed=0).export(path)   # demo chairs face -Z like ShapeNet v2
     (shapenet / "taxonomy.json").write_text(json.dumps([{"synsetId": "03001627", "name": "chair", "children": []}]))
 
+    extra = shapenet / "03001627" / "ffffffffffffffffffffffffffffffff" / "models" / "model_normalized.obj"
+    extra.parent.mkdir(parents=True)
+    generate_shape("chair", 9, seed=0).export(extra)     # a chair nobody sketched: left out by --only
+    ids = tmp_path / "sketched_ids.txt"
+    ids.write_text("\n".join(IDS) + "\n")
     renders = tmp_path / "renders"
-    res = run_cli(["render", shapenet, "--preset", "shapenet-v2", "--out", renders, "--size", "96",
-                   "--supersample", "2", "--workers", "1", "--quiet"])
-    assert "rendered 3" in res.output
+    res = run_cli(["render", shapenet / "03001627", "--preset", "shapenet-v2", "--only", ids, "--out", renders,
+                   "--size", "96", "--supersample", "2", "--workers", "1", "--quiet"])
+    assert "rendered 3," in res.output and not (renders / "npr" / extra.parent.parent.name).exists()
     meta = json.loads((renders / "dataset.json").read_text())
     assert meta["render"]["orientation"]["convention"] == "shapenet-v2" and meta["categories"][IDS[0]] == "chair"
 
