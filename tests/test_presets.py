@@ -233,3 +233,24 @@ def test_missing_texture_renders_like_an_uncoloured_mesh(tmp_path):
     flat = np.asarray(render_rgb(load_mesh(tmp_path / "part.obj"), vp, s)).astype(int)
     fg = (flat != 255).any(axis=2)
     assert (flat[fg, 0] > flat[fg, 2] + 40).mean() > 0.5
+
+
+def test_render_at_each_sketchs_own_viewpoint(tmp_path):
+    """sketch2model: `cvret render --viewpoints-from` renders each shape at its sketch's camera, and
+    the sketches read with own viewpoints name the same views, so both land in one index."""
+    sk = tmp_path / "sketch2model"
+    meshes = tmp_path / "meshes"
+    for sid, view in ((CHAIRS[0], "28 20 1.8"), (CHAIRS[1], "300.5 5 2.0")):
+        sketch(sk / "03001627" / sid / "sketch.png")
+        (sk / "03001627" / sid / "view.txt").write_text(view + "\n")
+        mesh_file(meshes / f"{sid}.obj")
+    out = tmp_path / "renders"
+    run_cli(["render", meshes, "--viewpoints-from", sk, "--out", out, "--size", "48", "--supersample", "1",
+             "--domains", "npr", "--workers", "1", "--quiet"])
+    assert sorted(p.name for p in (out / "npr" / CHAIRS[0]).iterdir()) == ["az028_el020.png"]
+    assert sorted(p.name for p in (out / "npr" / CHAIRS[1]).iterdir()) == ["az300.5_el005.png"]
+    meta = json.loads((out / "dataset.json").read_text())
+    assert {(v["name"], v["azimuth"], v["elevation"]) for v in meta["viewpoints"]} == {
+        ("az028_el020", 28.0, 20.0), ("az300.5_el005", 300.5, 5.0)}
+    ds = read_preset("sketch2model", sk, viewpoints="own")
+    assert {(v.shape, v.viewpoint) for v in ds.views} == {(CHAIRS[0], "az028_el020"), (CHAIRS[1], "az300.5_el005")}
