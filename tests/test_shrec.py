@@ -89,3 +89,38 @@ def test_eval_relevance_category_cli(index32, tmp_path):
     js = json.loads(run_cli(["eval", "--index", index32, "--out", tmp_path / "c2", "--preset", "shrec13",
                              "--pairs", "sketch-npr", "--json"]).stdout)
     assert js["relevance"] == "category"
+
+
+def test_shrec13_end_to_end(tmp_path):
+    """SHREC'13 trees with the real naming: models rendered with the preset (.cla categories),
+    sketches (no viewpoint) indexed into the same index, evaluated with the shrec13 protocol."""
+    import trimesh
+    from PIL import Image, ImageDraw
+
+    models = tmp_path / "SHREC13_SBR_TARGET_MODELS" / "models"
+    models.mkdir(parents=True)
+    for i, mesh in enumerate([trimesh.creation.box(extents=(1, 1, 1)), trimesh.creation.box(extents=(1, 0.4, 0.8)),
+                              trimesh.creation.icosphere(subdivisions=2), trimesh.creation.capsule()]):
+        mesh.export(models / f"m{i}.off")
+    (models.parent / "SHREC13_SBR_Model.cla").write_text("PSB 1\n2 4\n\nbox 0 2\n0\n1\n\nround 0 2\n2\n3\n")
+    sketches = tmp_path / "SHREC13_SBR_Sketches" / "SHREC13_SBR_Sketches"
+    for cls, draw in (("box", lambda d: d.rectangle([30, 30, 90, 90], outline=0, width=3)),
+                      ("round", lambda d: d.ellipse([30, 30, 90, 90], outline=0, width=3))):
+        for split, n in (("train", 1), ("test", 2)):
+            for k in range(n):
+                img = Image.new("L", (120, 120), 255)
+                draw(ImageDraw.Draw(img))
+                (sketches / cls / split).mkdir(parents=True, exist_ok=True)
+                img.save(sketches / cls / split / f"{k + 1}.png")
+    renders, idx = tmp_path / "renders", tmp_path / "idx"
+    run_cli(["render", models.parent, "--preset", "shrec13", "--out", renders, "--viewpoints", "0,90", "--size", "64",
+             "--supersample", "1", "--domains", "npr", "--workers", "1", "--quiet"])
+    run_cli(["index", renders, "--out", idx, "--weights", "untrained", "--seed", "0", "--quiet"])
+    run_cli(["index", tmp_path / "SHREC13_SBR_Sketches", "--preset", "shrec13", "--split", "test", "--out", idx,
+             "--weights", "untrained", "--seed", "0", "--quiet"])
+    out = tmp_path / "rep"
+    js = json.loads(run_cli(["eval", "--index", idx, "--out", out, "--preset", "shrec13", "--pairs", "sketch-npr",
+                             "--json"]).stdout)
+    r = js["indexes"]["idx"]["pairs"]["sketch-npr"]
+    assert js["relevance"] == "category" and r["n_queries"] == 4 and r["gallery_shapes"] == 4
+    assert set(r["per_class"]) == {"box", "round"} and r["gallery_without_category"] == 0
