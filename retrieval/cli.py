@@ -85,9 +85,9 @@ def encoder_options(f):
 @click.option("--compress-sample", type=int, default=2048, show_default=True, help="views sampled to fit the PCA")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths, elevation, weights,
-              seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress,
-              compress_sample, as_json, quiet):
+def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths,
+              elevation, weights, seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels,
+              overwrite, prune, compress, compress_sample, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec

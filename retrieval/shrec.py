@@ -229,7 +229,8 @@ def headline_table(report: dict) -> str:
     rows = [header] + headline_rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-    untrained = [n for n, e in report["indexes"].items() if str(e["fingerprint"].get("weights", "")).startswith("untrained")]
+    untrained = [n for n, e in report["indexes"].items()
+                 if str(e["fingerprint"].get("weights", "")).startswith("untrained")]
     if untrained:
         text += f"\nnote: untrained weights in {', '.join(untrained)}: not CLIP, not a published figure"
     return text

@@ -366,7 +366,8 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
 def _source_note(sources: list[str], settings: RenderSettings) -> str:
     src = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
     return (f"rendered by cvret (Embree ray casting; Freestyle-like NPR lines: silhouette, border, crease "
-            f"{settings.crease_angle} deg, {settings.line_tone} line tone; Lambert RGB) from {src}; {settings.size}px, mesh bbox centred and "
+            f"{settings.crease_angle} deg, {settings.line_tone} line tone; Lambert RGB) from {src}; "
+            f"{settings.size}px, mesh bbox centred and "
             f"scaled to half-diagonal {settings.half_diagonal}, "
             f"camera at distance {settings.camera_distance}, "
             f"{settings.focal_mm}mm lens on {settings.sensor_mm}mm sensor; "

@@ -39,7 +39,7 @@ class RenderSettings:
     normalize: bool = True             # centre + scale the mesh before rendering (idempotent)
     crease_angle: float = 134.43       # Freestyle's: crease where the dihedral angle is below this
     line_width: float = 1.25           # stroke width, output pixels
-    line_tone: str = "freestyle"       # freestyle: coverage composited in linear light, stored sRGB; flat: 8-bit box filter
+    line_tone: str = "freestyle"       # freestyle: coverage in linear light, stored sRGB; flat: 8-bit box filter
     piece_length: float = 0.5          # hidden-line test granularity along an edge, output pixels
     depth_tolerance: float = 2e-3      # occlusion slack, world units at half_diagonal 0.56 (scaled)
     min_stroke_length: float = 0.75    # drop visible specks shorter than this, output pixels
