@@ -54,8 +54,18 @@ def encoder_options(f):
 @click.option("--pattern", "patterns", multiple=True,
               help="relative path pattern with {domain} {shape} {viewpoint} [{ext}] (repeatable); "
                    "default: the cvret layout {domain}/{shape}/{viewpoint}.{ext}")
+@click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
+                                                          "shrec14"]),
+              help="read a public sketch dataset in place (expected trees: README, Dataset presets)")
+@click.option("--views", "view_map", default=None, metavar="VIEW=VIEWPOINT,...",
+              help="amateursketch/prosketch: file view token -> viewpoint, e.g. 0=az000,1=az030,2=az075 (the default)")
+@click.option("--split", default="all", type=click.Choice(["train", "test", "all"]), show_default=True,
+              help="shrec13/shrec14: which sketches")
+@click.option("--sketch-viewpoints", default="nearest", type=click.Choice(["nearest", "own"]), show_default=True,
+              help="sketch2model: snap each sketch to the nearest declared viewpoint (--azimuths, default the seed's), "
+                   "or keep its own (for a gallery rendered with `cvret render --viewpoints-from`)")
 @click.option("--default-domain", default="sketch", show_default=True,
-              help="domain of views matched by a pattern without {domain}")
+              help="domain of views matched by a pattern without {domain} (and of preset sketches)")
 @click.option("--domains", default=None, help="comma-separated domains to embed (default: all found)")
 @click.option("--azimuths", default=None, help="declare viewpoints by azimuth, e.g. 0,30,75 (default: dataset.json)")
 @click.option("--elevation", type=float, default=10.0, show_default=True)
@@ -88,9 +98,10 @@ def encoder_options(f):
               help="with --ray: embedding actors (default: one per GPU, else one per 2 CPUs)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
-              device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
-              commit_every, no_verify, shards, only_shards, merge_from, ray_address, workers, as_json, quiet):
+def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths,
+              elevation, weights, seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels,
+              overwrite, prune, compress, compress_sample, commit_every, no_verify, shards, only_shards, merge_from,
+              ray_address, workers, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
@@ -120,8 +131,18 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--azimuths")
     dom = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-    ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
-                  default_domain=default_domain)
+    if preset:
+        from .presets import read_preset
+
+        if patterns:
+            raise click.UsageError("give either --preset or --pattern, not both")
+        ds = read_preset(preset, dataset_dir, views=view_map, domain=default_domain, split=split, elevation=elevation,
+                         viewpoints="own" if sketch_viewpoints == "own" else vps)
+    else:
+        if view_map:
+            raise click.UsageError("--views needs --preset amateursketch or prosketch")
+        ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
+                      default_domain=default_domain)
     for p in ds.problems[:20]:
         click.echo(f"warning: {p}", err=True)
     if len(ds.problems) > 20:
@@ -310,25 +331,77 @@ def verify_cmd(index_dir, as_json, quiet):
 @click.option("--line-width", type=float, default=1.25, show_default=True, help="NPR line width in output pixels")
 @click.option("--crease-angle", type=float, default=134.43, show_default=True,
               help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
+@click.option("--line-tone", type=click.Choice(["freestyle", "flat"]), default="freestyle", show_default=True,
+              help="freestyle: anti-aliased coverage composited in linear light, stored sRGB (Blender's look); "
+                   "flat: 8-bit box filter (darker, cvret's first look)")
 @click.option("--domains", default="npr,rgb", show_default=True)
+@click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default=None,
+              help="where the mesh files put the object's front and up: shapenet-v2 (the default; a --preset sets "
+                   "its own) = front -Z, up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
+@click.option("--front", default=None, metavar="AXIS", help="the object's front in the files (+x,-x,+y,-y,+z,-z); "
+                                                            "overrides --convention")
+@click.option("--up", default=None, metavar="AXIS", help="the object's up in the files; overrides --convention")
+@click.option("--azimuth-sign", type=click.Choice(["+1", "-1"]), default="+1", show_default=True,
+              help="+1: increasing azimuth moves the camera to the object's left; -1: to its right")
+@click.option("--preset", default=None, type=click.Choice(["shapenet-v1", "shapenet-v2", "shrec13", "shrec14"]),
+              help="read a public mesh tree in place (shape ids, categories and, for ShapeNet, the convention)")
+@click.option("--only", "only", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="a text file of shape ids (one per line): render only these (e.g. the shapes that have sketches)")
+@click.option("--viewpoints-from", "viewpoints_from", default=None, type=click.Path(path_type=Path),
+              help="a sketch2model tree: render each shape at its sketch's own viewpoint (view.txt)")
 @click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
-def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, domains, workers,
-               force, quiet):
+def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
+               convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
+    from .render.orientation import resolve
     from .viewpoints import make_viewpoints, parse_azimuths
 
+    tree = None
+    if preset:
+        from .presets import read_mesh_preset
+
+        if len(sources) != 1:
+            raise click.UsageError("--preset reads one tree: give its root folder once")
+        tree = read_mesh_preset(preset, sources[0])
+        for p in tree.problems:
+            click.echo(f"warning: {p}", err=True)
+        if convention is None and not front and not up:
+            convention = tree.convention
+    front, up = resolve(convention, front, up)
     try:
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
         settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
-                                  crease_angle=crease_angle)
+                                  crease_angle=crease_angle, line_tone=line_tone, front=front, up=up,
+                                  azimuth_sign=int(azimuth_sign))
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())
+    files = tree.files if tree else None
+    if only is not None:
+        from .errors import ConfigError
+        from .render import find_mesh_files
+
+        try:
+            wanted = [ln.strip() for ln in only.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{only}: cannot read the --only list ({e})") from None
+        pool = files if files is not None else find_mesh_files(list(sources) if len(sources) > 1 else sources[0])
+        files = [(p, sid) for p, sid in pool if sid in set(wanted)]
+        absent = sorted(set(wanted) - {sid for _, sid in files})
+        if absent:
+            click.echo(f"warning: {only}: {len(absent)} ids have no mesh, e.g. {', '.join(absent[:3])}", err=True)
+    own = None
+    if viewpoints_from is not None:
+        from .presets import sketch2model_viewpoints
+
+        own = {sid: [vp] for sid, vp in sketch2model_viewpoints(viewpoints_from).items()}
     rep = render_dataset(list(sources) if len(sources) > 1 else sources[0], out, viewpoints=vps, settings=settings,
-                         domains=doms, workers=workers, progress=not quiet, force=force)
+                         domains=doms, workers=workers, progress=not quiet, force=force,
+                         shape_files=files, categories=tree.categories if tree else None,
+                         viewpoints_for=own)
     click.echo(rep.summary())
     if not rep.rendered and not rep.skipped:
         _fail(f"{out}: no mesh could be rendered")
@@ -345,13 +418,24 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
 @click.option("--device", default="auto", show_default=True, help="matrix products on auto, cpu or cuda")
+@click.option("--relevance", type=click.Choice(["shape", "category"]), default=None,
+              help="shape (default): the seed's studies, the same shape is the right answer; category: SHREC "
+                   "metrics (NN, FT, ST, E, DCG, mAP, PR curve), any shape of the query's category is relevant")
+@click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
+                                                          "shrec14"]),
+              help="the dataset's protocol: shrec13/shrec14 evaluate with --relevance category, the others with shape")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, as_json, quiet):
-    """The seed's Study 1 and Study 2 as retrieval evaluations: report.json, report.md, CSVs, figures."""
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, relevance, preset, as_json,
+             quiet):
+    """The seed's Study 1 and Study 2 as retrieval evaluations (or SHREC category metrics): report.json,
+    report.md, CSVs, figures."""
     from . import gemm
     from .index import ShapeIndex
     from .studies import evaluate, headline_table
+
+    if relevance is None:
+        relevance = "category" if preset in ("shrec13", "shrec14") else "shape"
 
     pair_list = []
     for item in pairs.split(","):
@@ -365,16 +449,22 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
     sources = [ShapeIndex(d, gpu="never") for d in index_dirs]
     try:
         with gemm.on(device):
-            report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
-                              study2_objects=study2_objects, progress=not quiet and not as_json,
-                              cvret_version=__version__, memory_mb=memory_mb)
+            if relevance == "category":
+                from .shrec import evaluate_category, headline_table as category_table
+
+                report = evaluate_category(sources, out, pairs=pair_list, memory_mb=memory_mb,
+                                           cvret_version=__version__, progress=not quiet and not as_json)
+            else:
+                report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
+                                  study2_objects=study2_objects, progress=not quiet and not as_json,
+                                  cvret_version=__version__, memory_mb=memory_mb)
     finally:
         for s in sources:
             s.close()
     if as_json:
         click.echo((Path(out) / "report.json").read_text(encoding="utf-8"))
         return
-    click.echo(headline_table(report))
+    click.echo(category_table(report) if relevance == "category" else headline_table(report))
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
