@@ -186,3 +186,10 @@ class QueryEngine:
 
 def open_engine(index_dir: Path | str, gpu: str = "auto", **encoder_options) -> QueryEngine:
     return QueryEngine(ShapeIndex(index_dir, gpu=gpu), **encoder_options)
+
+
+def query_result(engine: QueryEngine, index: str, query: dict, domain: str, hits: list[Hit],
+                 excluded: int = 0) -> dict:
+    """One ranking as JSON data: what `cvret query --json` prints and `cvret serve` answers, built in one place."""
+    return {"query": query, "index": index, "domain": domain, "weights": engine.index.fingerprint.get("weights"),
+            "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]}
