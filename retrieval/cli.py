@@ -273,6 +273,8 @@ def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, prec
         raise ConfigError(f"--batch-window-ms must be 0 or more, got {batch_window_ms}")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for name in ("multipart", "python_multipart"):  # a warning per malformed upload; our 400 line says it
+        logging.getLogger(name).setLevel(logging.ERROR)
     for name, level in (("cvret.serve", logging.INFO), ("uvicorn.error", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
