@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from retrieval.errors import ConfigError
+from retrieval.cli import sketch_files
+from retrieval.errors import ConfigError, ImageError
 from retrieval.images import ink_fraction, load_image, load_image_bytes
 from retrieval.index import ShapeIndex
 from retrieval.search import QueryEngine
@@ -60,12 +61,11 @@ def assert_one_line_error(resp, status: int, words: str):
 # ------------------------------------------------------------------ same answers as the CLI
 def test_search_equals_cli_for_the_same_sketches(dataset, index32, client):
     folder = dataset / "sketch" / "shape03"
-    extra = dataset / "sketch" / "shape01" / "az075.png"
-    cli = json.loads(run_cli(["query", folder, extra, "--index", index32, "-k", "5", "--precision", "fp32",
+    cli = json.loads(run_cli(["query", folder, "--index", index32, "-k", "5", "--precision", "fp32",
                               "--json"]).stdout)
     assert isinstance(cli, list) and [r["query"]["sketch"] for r in cli] == [
-        str(folder / "az000.png"), str(folder / "az030.png"), str(folder / "az075.png"), str(extra)]
-    for i, (path, ref) in enumerate(zip([folder / "az000.png", extra], [cli[0], cli[3]])):
+        str(folder / "az000.png"), str(folder / "az030.png"), str(folder / "az075.png")]
+    for i, (path, ref) in enumerate(zip([folder / "az000.png", folder / "az075.png"], [cli[0], cli[2]])):
         if i == 0:  # multipart upload
             resp = client.post("/api/search", files={"image": (path.name, path.read_bytes(), "image/png")},
                                data={"k": "5"})
@@ -80,7 +80,16 @@ def test_search_equals_cli_for_the_same_sketches(dataset, index32, client):
         assert {k: got[k] for k in ("index", "domain", "weights", "excluded_shapes")} == \
                {k: ref[k] for k in ("index", "domain", "weights", "excluded_shapes")}
         assert set(got) == set(ref) | {"thumbnails"}
-    assert cli[3]["hits"][0]["shape"] == "shape01"
+    assert cli[2]["hits"][0]["shape"] == "shape03"
+
+
+def test_sketch_arguments_expand_folders(dataset, tmp_path):
+    folder = dataset / "sketch" / "shape01"
+    one = dataset / "npr" / "shape00" / "az000.png"
+    (tmp_path / "notes.txt").write_text("not a sketch")
+    assert sketch_files([one, folder]) == [one] + sorted(folder.glob("*.png"))
+    with pytest.raises(ImageError, match="folder holds no images"):
+        sketch_files([tmp_path])
 
 
 def test_search_options_pairs_viewpoint_domain(dataset, engine, client):
@@ -220,7 +229,8 @@ def test_bind_rule():
 
 
 def test_cli_refuses_open_host_without_token(index32):
-    res = run_cli(["serve", "--index", index32, "--host", "0.0.0.0"], ok=False)
+    # the rule is checked before anything is loaded: a missing index is not even looked at
+    res = run_cli(["serve", "--index", index32.parent / "missing", "--host", "0.0.0.0"], ok=False)
     assert res.exit_code == 1
     assert res.output.count("\n") == 1 and "--token" in res.output and "--no-auth" in res.output
 
