@@ -188,8 +188,27 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
                    f"({rep.seconds:.1f} s; {rep.views_per_second:.1f} views/s embedding)")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def sketch_files(sources) -> list[Path]:
+    """SKETCH arguments → image files: files as given, folders expanded to their images (sorted)."""
+    from .errors import ImageError
+
+    files = []
+    for src in sources:
+        if src.is_dir():
+            found = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(f"{src}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            files.append(src)
+    return files
+
+
 @main.command("query")
-@click.argument("sketch", required=False, type=click.Path(path_type=Path))
+@click.argument("sketches", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--view", "views", multiple=True, metavar="VIEWPOINT=IMAGE",
               help="a sketch view with a known viewpoint (repeatable): shapes ranked by the mean over views")
@@ -201,51 +220,59 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
 @click.option("--search", "mode", type=click.Choice(["exact", "compressed"]), default="exact", show_default=True,
               help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
 @click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="sketches embedded per forward pass")
 @encoder_options
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
               help="sharded index: search its shards in actors of a Ray cluster")
-@click.option("--json", "as_json", is_flag=True, help="print hits as JSON")
-def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, precision, device,
-              ray_address, as_json):
-    """Rank shapes for SKETCH (or for several --view VIEWPOINT=IMAGE sketches)."""
+@click.option("--json", "as_json", is_flag=True,
+              help="print hits as JSON (a list of rankings when several sketches or a folder are given)")
+def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, batch_size,
+              precision, device, ray_address, as_json):
+    """Rank shapes for each SKETCH (image files or folders of them), or for several --view VIEWPOINT=IMAGE sketches.
+
+    The model is built once for all sketches; each gets its own ranking.
+    """
     from .images import load_image
-    from .search import open_engine
+    from .search import open_engine, query_result
 
     if k < 1:
         raise click.BadParameter("must be at least 1", param_hint="-k")
-    if (sketch is None) == (not views):
-        raise click.UsageError("give either one SKETCH or one or more --view VIEWPOINT=IMAGE")
-    if ray_address:
-        from .search import QueryEngine
-        from .shards import ShardedIndex, is_sharded
-
-        if not is_sharded(index_dir):
-            raise click.UsageError("--ray searches a sharded index (built with --shards K)")
-        open_engine = lambda d, **kw: QueryEngine(ShardedIndex(d, ray=ray_address), **kw)  # noqa: E731
-    engine = open_engine(index_dir, mode=mode, candidates=candidates, weights=weights, device=device,
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    if bool(sketches) == bool(views):
+        raise click.UsageError("give either SKETCH files/folders or one or more --view VIEWPOINT=IMAGE")
+    files = sketch_files(sketches)
+    engine = open_engine(index_dir, ray=ray_address, mode=mode, candidates=candidates, weights=weights, device=device,
                          precision=precision)
-    excluded = 0
-    if sketch is not None:
-        hits = engine.query(load_image(sketch), domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
-        query = {"sketch": str(sketch)}
-    else:
-        parsed = {}
+    if views:
+        parsed, named = {}, {}
         for item in views:
             if "=" not in item:
                 raise click.BadParameter(f"{item!r} is not VIEWPOINT=IMAGE", param_hint="--view")
             vp, path = item.split("=", 1)
             parsed[vp.strip()] = load_image(path)
+            named[vp.strip()] = path
         hits, excluded = engine.query_views(parsed, domain=domain, k=k)
-        query = {"views": dict(v.split("=", 1) for v in views)}
+        results = [(query_result(engine, str(index_dir), {"views": named}, domain, hits, excluded), hits)]
+    else:
+        results = []
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            feats = engine.embed([load_image(p) for p in chunk])
+            for path, feat in zip(chunk, feats):
+                hits = engine.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
+                results.append((query_result(engine, str(index_dir), {"sketch": str(path)}, domain, hits), hits))
+    as_list = len(sketches) > 1 or any(p.is_dir() for p in sketches)
     if as_json:
-        click.echo(json.dumps({"query": query, "index": str(index_dir), "domain": domain,
-                               "weights": engine.index.fingerprint.get("weights"),
-                               "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]},
-                              indent=2, ensure_ascii=False))
+        data = [r for r, _ in results] if as_list else results[0][0]
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
-    click.echo(format_hits(hits))
-    if excluded:
-        click.echo(f"({excluded} shapes left out: they lack one of the query viewpoints)")
+    for i, (res, hits) in enumerate(results):
+        if as_list:
+            click.echo(("\n" if i else "") + f"== {res['query']['sketch']}")
+        click.echo(format_hits(hits))
+        if res["excluded_shapes"]:
+            click.echo(f"({res['excluded_shapes']} shapes left out: they lack one of the query viewpoints)")
 
 
 def format_hits(hits) -> str:
@@ -319,6 +346,58 @@ def verify_cmd(index_dir, as_json, quiet):
                    + ("; run `cvret index` on the dataset to re-embed them" if bad else ""))
     if bad:
         sys.exit(1)
+
+
+@main.command("serve")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; anything but loopback needs --token (or --no-auth)")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--token", envvar="CVRET_TOKEN", default=None,
+              help="bearer token every /api call must carry (also from $CVRET_TOKEN, which keeps it out of `ps`)")
+@click.option("--no-auth", is_flag=True, help="serve a non-loopback --host without a token (you take the risk)")
+@click.option("--open-browser", is_flag=True, help="open the draw-to-search page once the server listens")
+@click.option("--weights", default=None, help="local weights file, when the index was built with one")
+@encoder_options
+@click.option("--max-body-mb", type=float, default=10.0, show_default=True, help="largest request body (413 above)")
+@click.option("--max-pixels", type=int, default=16_000_000, show_default=True, help="largest uploaded image")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="requests waiting for the encoder before new ones get 503")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="sketches per encoder pass")
+@click.option("--batch-window-ms", type=float, default=5.0, show_default=True,
+              help="how long a lone request waits for others to share its encoder pass")
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, help="per-request limit (s)")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="allow this browser origin (repeatable; none by default)")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="sharded index: hold each shard in an actor of a Ray cluster and fan queries out to them")
+def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, precision, device, max_body_mb, max_pixels,
+              max_queue, max_batch, batch_window_ms, timeout_s, cors_origins, ray_address):
+    """Serve an index over HTTP: the draw-to-search page at /, the JSON API under /api (docs at /docs)."""
+    import logging
+
+    from .errors import ConfigError
+    from .serve import ServeOptions, check_bind, serve
+
+    check_bind(host, token, no_auth)  # before the minutes of model loading
+    for name, value in (("--max-body-mb", max_body_mb), ("--max-pixels", max_pixels), ("--max-queue", max_queue),
+                        ("--max-batch", max_batch), ("--timeout", timeout_s)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if batch_window_ms < 0:
+        raise ConfigError(f"--batch-window-ms must be 0 or more, got {batch_window_ms}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for name in ("multipart", "python_multipart"):  # a warning per malformed upload; our 400 line says it
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in (("cvret.serve", logging.INFO), ("uvicorn.error", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+    options = ServeOptions(max_body_bytes=int(max_body_mb * 1_000_000), max_pixels=max_pixels, max_queue=max_queue,
+                           max_batch=max_batch, batch_window_ms=batch_window_ms, timeout_s=timeout_s, token=token,
+                           cors_origins=list(cors_origins))
+    serve(index_dir, host=host, port=port, options=options, no_auth=no_auth, open_browser=open_browser,
+          weights=weights, device=device, precision=precision, say=lambda m: click.echo(m, err=True), ray=ray_address)
 
 
 @main.command("render")

@@ -186,5 +186,19 @@ class QueryEngine:
         return hits, lacking
 
 
-def open_engine(index_dir: Path | str, gpu: str = "auto", **encoder_options) -> QueryEngine:
+def open_engine(index_dir: Path | str, gpu: str = "auto", ray: str | None = None, **encoder_options) -> QueryEngine:
+    """`ray`: search a sharded index through one Ray actor per shard (`cluster.py`) at that address."""
+    if ray is not None:
+        from .shards import ShardedIndex, is_sharded
+
+        if not is_sharded(index_dir):
+            raise CvretError(f"{index_dir}: --ray searches a sharded index (built with --shards K)")
+        return QueryEngine(ShardedIndex(index_dir, ray=ray), **encoder_options)
     return QueryEngine(ShapeIndex(index_dir, gpu=gpu), **encoder_options)
+
+
+def query_result(engine: QueryEngine, index: str, query: dict, domain: str, hits: list[Hit],
+                 excluded: int = 0) -> dict:
+    """One ranking as JSON data: what `cvret query --json` prints and `cvret serve` answers, built in one place."""
+    return {"query": query, "index": index, "domain": domain, "weights": engine.index.fingerprint.get("weights"),
+            "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]}

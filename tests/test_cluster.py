@@ -123,5 +123,6 @@ def test_cli_query_with_ray(cluster, tmp_path):
     a = json.loads(run_cli(["query", img, "--index", out, "--json", "--precision", "fp32", "--ray", "auto"]).stdout)
     b = json.loads(run_cli(["query", img, "--index", out, "--json", "--precision", "fp32"]).stdout)
     assert a["hits"] == b["hits"]
-    res = run_cli(["query", img, "--index", data, "--ray", "auto"], ok=False)
-    assert res.exit_code == 2
+    run_cli(["index", data, "--out", tmp_path / "u", *UNTRAINED, "--quiet", "--precision", "fp32"])
+    res = run_cli(["query", img, "--index", tmp_path / "u", "--ray", "auto"], ok=False)
+    assert res.exit_code == 1 and "sharded index" in res.output
