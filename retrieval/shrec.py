@@ -134,9 +134,10 @@ def query_gallery_distances(src, dom_q: str, dom_g: str, *, memory_mb: float = 2
     q_shapes = np.nonzero(pres_q.any(axis=1))[0]
     g_shapes = np.nonzero(pres_g.any(axis=1))[0]
     if not len(q_shapes) or not len(g_shapes):
-        raise StudyError(f"{getattr(src, 'folder', src)}: no {dom_q if not len(q_shapes) else dom_g} views")
+        raise StudyError(f"{_label(src)}: no {dom_q if not len(q_shapes) else dom_g} views")
     V = pres_q.shape[1]
-    per_shape = max(1, V) * src.feature_dim * 4 * 2
+    dim = int(src.features(dom_q, q_shapes[:1])[0].shape[-1])  # public API only (storage may change)
+    per_shape = max(1, V) * dim * 4 * 2
     block = max(1, int(memory_mb * 2 ** 20 / 4 / per_shape))
     queries = [(int(s), int(k)) for s in q_shapes for k in np.nonzero(pres_q[s])[0]]
     D = np.full((len(queries), len(g_shapes)), np.inf)
@@ -160,6 +161,11 @@ def query_gallery_distances(src, dom_q: str, dom_g: str, *, memory_mb: float = 2
     return queries, g_shapes, D
 
 
+def _label(src) -> str:
+    """The index folder (ShapeIndex.summary()['index']), for messages and report keys."""
+    return str(src.summary().get("index", src))
+
+
 def category_pass(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0) -> dict:
     """SHREC metrics of one index and domain pair, with category relevance."""
     cats = src.categories
@@ -168,7 +174,7 @@ def category_pass(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0) -> 
     q_labels = [cats.get(src.shapes[s]) for s, _ in queries]
     keep = np.array([c is not None for c in q_labels], dtype=bool)
     if not keep.any():
-        raise StudyError(f"{getattr(src, 'folder', src)}: no {dom_q} query has a category; --relevance category "
+        raise StudyError(f"{_label(src)}: no {dom_q} query has a category; --relevance category "
                          "needs categories (dataset.json, a preset's taxonomy or .cla files)")
     g_lab = np.array([c if c is not None else object() for c in g_labels], dtype=object)  # never relevant
     q_lab = [c for c, k in zip(q_labels, keep) if k]
@@ -194,7 +200,7 @@ def evaluate_category(sources, out_dir, pairs=(("sketch", "npr"), ("sketch", "rg
     report = {"relevance": "category", "protocol": "SHREC (see retrieval/shrec.py)", "version": cvret_version,
               "metrics": list(METRICS), "indexes": {}}
     for src in sources:
-        name = Path(str(src.folder)).name
+        name = Path(_label(src)).name
         entry = {"fingerprint": dict(src.fingerprint), "pairs": {}}
         for dq, dg in pairs:
             if dq not in src.domains or dg not in src.domains:
