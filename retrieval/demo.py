@@ -37,10 +37,10 @@ def choose_weights(weights: str) -> tuple[str, bool]:
     """`auto` → 'openai' when its checkpoint can be had quickly, else 'untrained'; returns (weights, fell_back)."""
     if weights != "auto":
         return weights, False
-    from .encoder import _openai_checkpoint
+    from .weights import openai_checkpoint
 
     try:
-        _openai_checkpoint()
+        openai_checkpoint()
         return "openai", False
     except EncoderError:
         return "untrained", True

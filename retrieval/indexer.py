@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import Dataset
-from .encoder import PREPROCESS_VERSION, EncoderSpec, LayerEncoder, fingerprint_matches, weights_identity
+from .encoder import EncoderSpec, LayerEncoder
+from .fingerprint import Fingerprint
 from .errors import CvretError, EncoderError, ImageError, StoreError
 from .images import content_sha256
 from .index import MANIFEST, write_indexes
@@ -43,18 +44,22 @@ class IndexReport:
                 "views_per_second": round(self.views_per_second, 2), "total_views": self.total_views}
 
 
-def expected_fingerprint(spec: EncoderSpec) -> dict:
-    """The compared part of an encoder's fingerprint, known without loading the model."""
-    return {"model": spec.model, "layer": spec.layer, "weights": weights_identity(spec),
-            "image_size": spec.image_size, "preprocess": PREPROCESS_VERSION}
-
-
 def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains: list[str] | None = None,
                 device: str = "auto", precision: str = "auto", batch_size: int = 16,
                 feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048) -> IndexReport:
+    """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
+
+    Only what is new is embedded: a view whose content hash is stored is left alone, an image
+    identical to a stored one is copied, a changed image replaces its row; `prune` drops views
+    gone from disk. An index built with another encoder (see `Fingerprint`) stops with an
+    EncoderError. Unreadable views are reported and skipped (`strict` raises instead). The FAISS
+    files and any compressed candidate index (`compress='pca:R'` builds one) are brought in step
+    with the store at the end.
+    `encoder` reuses an already built LayerEncoder. Returns the counts and timings.
+    """
     out = Path(out)
     t0 = time.perf_counter()
     if compress is not None:
@@ -73,18 +78,16 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     if not views:
         raise CvretError(f"{dataset.root}: no views in domains {', '.join(domains or [])}")
     report.total_views = len(views)
-    want = expected_fingerprint(spec)
+    want = spec.expected_fingerprint()
 
     store = None
     if store_path.exists():
         store = FeatureStore(store_path, "r+")
-        have = store.fingerprint
-        diffs = fingerprint_matches(have, want)
-        if diffs:
+        have = Fingerprint.from_dict(store.fingerprint)
+        if have.diff(want):
             store.close()
-            parts = ", ".join(f"{k}: stored {have.get(k)!r} vs requested {want.get(k)!r}" for k in diffs)
-            raise EncoderError(f"{store_path}: index was built with another encoder ({parts}); "
-                               "use another --out or --overwrite")
+            raise EncoderError(have.mismatch(want, str(store_path), "stored", "requested") +
+                               "; use another --out or --overwrite")
         if store.feature_dtype != feature_dtype:
             store.close()
             raise StoreError(f"{store_path}: stores {store.feature_dtype} features, not {feature_dtype}; "
@@ -116,7 +119,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
         if store is None:
             if encoder is None:
                 raise CvretError(f"{dataset.root}: no readable views to index")
-            fp = dict(encoder.fingerprint)
+            fp = encoder.fingerprint.to_dict()
             fp["feature_dtype"] = feature_dtype
             store = FeatureStore.create(store_path, fp, encoder.feature_dim, feature_dtype)
         if to_copy:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..viewpoints import Viewpoint
 
 # Bump when a code change alters pixels, so that resumed runs re-render old outputs.
@@ -45,17 +46,17 @@ class RenderSettings:
 
     def __post_init__(self):
         if int(self.size) < 8:
-            raise ValueError(f"size must be >= 8 pixels, got {self.size}")
+            raise ConfigError(f"size must be >= 8 pixels, got {self.size}")
         for name in ("supersample", "line_supersample"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("half_diagonal", "camera_distance", "focal_mm", "sensor_mm", "piece_length"):
             if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < float(self.crease_angle) <= 180:
-            raise ValueError(f"crease_angle must be in (0, 180], got {self.crease_angle}")
+            raise ConfigError(f"crease_angle must be in (0, 180], got {self.crease_angle}")
         if float(self.line_width) < 0:
-            raise ValueError(f"line_width must be >= 0, got {self.line_width}")
+            raise ConfigError(f"line_width must be >= 0, got {self.line_width}")
         # tuples stay tuples (a list would make the dataclass unhashable)
         object.__setattr__(self, "base_color", tuple(float(c) for c in self.base_color))
         object.__setattr__(self, "light_dir", tuple(float(c) for c in self.light_dir))
