@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..dataset import write_dataset_json
 from ..errors import ConfigError, CvretError
+from ..fsio import atomic_write_text
 from ..pool import run_jobs
 from ..viewpoints import AXIS_CONVENTION, DEFAULT_VIEWPOINTS, Viewpoint
 from .camera import RENDERER_VERSION, RenderSettings
@@ -166,6 +167,7 @@ def _todo_domains(out_dir: Path, shape_id: str, viewpoints, domains, fp: str, si
 
 
 def _write_atomic_png(img, path: Path) -> None:
+    # A hidden temporary name, not fsio's visible sibling: a crash's leftover must not look like a view.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -190,9 +192,7 @@ def _write_record(out_dir: Path, shape_id: str, source: str, signature: str, fp:
            "settings_fingerprint": settings.fingerprint(), "renderer_version": RENDERER_VERSION,
            "viewpoints": [vp.name for vp in viewpoints],
            "domains": {**{k: v for k, v in old.items() if k not in domains}, **{d: fp for d in domains}}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n", fsync=False)
 
 
 def _render_shape(mesh, shape_id: str, out_dir: Path, viewpoints, settings: RenderSettings, domains,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..dataset import write_dataset_json
 from ..errors import ConfigError
+from ..fsio import atomic_write_text
 from ..pool import run_jobs
 from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .shapes import CATEGORIES, GENERATOR_VERSION, generate_shape_spec, shape_id
@@ -85,6 +86,7 @@ def _is_done(out: Path, sid: str, viewpoints, fingerprint: str) -> bool:
 
 
 def _atomic_save(img, path: Path) -> None:
+    # A hidden temporary name, not fsio's visible sibling: a crash's leftover must not look like a view.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -97,9 +99,7 @@ def _atomic_save(img, path: Path) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)
 
 
 def render_demo_shape(category: str, index: int, seed: int, style, settings, viewpoints) -> dict:
