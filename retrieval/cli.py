@@ -288,6 +288,7 @@ def format_hits(hits) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def info_cmd(index_dir, as_json):
     """What an index holds: shapes, domains, viewpoints, encoder fingerprint, size on disk."""
+    from .fingerprint import Fingerprint
     from .index import ShapeIndex
 
     with ShapeIndex(index_dir, gpu="never") as si:
@@ -295,19 +296,18 @@ def info_cmd(index_dir, as_json):
     if as_json:
         click.echo(json.dumps(s, indent=2, ensure_ascii=False))
         return
-    fp = s["fingerprint"]
+    fp = Fingerprint.from_dict(s["fingerprint"])
     click.echo(f"index:       {s['index']}")
     click.echo(f"shapes:      {s['shapes']}" + (f"  ({', '.join(f'{k}: {v}' for k, v in s['categories'].items())})"
                                                if s["categories"] else ""))
     click.echo(f"views:       {s['views']}  ({', '.join(f'{k}: {v}' for k, v in s['domains'].items())})")
     click.echo("viewpoints:  " + ", ".join(f"{v['name']} (az {v['azimuth']:g}, el {v['elevation']:g})"
                                            for v in s["viewpoints"]))
-    click.echo(f"encoder:     {fp.get('model')} {fp.get('layer')} weights={fp.get('weights')} "
-               f"input={fp.get('image_size')} precision={fp.get('precision')}")
+    click.echo(f"encoder:     {fp.model} {fp.layer} weights={fp.weights} input={fp.image_size} precision={fp.precision}")
     click.echo(f"features:    {s['feature_dim']} x {s['feature_dtype']}; layout {s['layout']}, "
                f"generation {s['generation']}")
     click.echo(f"size:        {s['size_bytes'] / 1e6:.1f} MB on disk ({s['bytes_per_view'] / 1e3:.0f} kB per view)")
-    if str(fp.get("weights", "")).startswith("untrained"):
+    if fp.is_untrained:
         click.echo("note:        untrained weights: numbers from this index are not the paper's")
     if s["problems"]:
         click.echo(f"problems:    {len(s['problems'])} at the last build, e.g. {s['problems'][0]}")
@@ -525,18 +525,18 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
     names = [Path(d).name for d in index_dirs]
     if len(set(names)) != len(names):
         raise click.BadParameter("indexes must have distinct folder names (they label the report)")
+    matmul_device = gemm.resolve(device)
     sources = [ShapeIndex(d, gpu="never") for d in index_dirs]
     try:
-        with gemm.on(device):
-            if relevance == "category":
-                from .shrec import evaluate_category, headline_table as category_table
+        if relevance == "category":
+            from .shrec import evaluate_category, headline_table as category_table
 
-                report = evaluate_category(sources, out, pairs=pair_list, memory_mb=memory_mb,
-                                           cvret_version=__version__, progress=not quiet and not as_json)
-            else:
-                report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
-                                  study2_objects=study2_objects, progress=not quiet and not as_json,
-                                  cvret_version=__version__, memory_mb=memory_mb)
+            report = evaluate_category(sources, out, pairs=pair_list, memory_mb=memory_mb, device=matmul_device,
+                                       cvret_version=__version__, progress=not quiet and not as_json)
+        else:
+            report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
+                              study2_objects=study2_objects, progress=not quiet and not as_json,
+                              cvret_version=__version__, memory_mb=memory_mb, device=matmul_device)
     finally:
         for s in sources:
             s.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EncoderError
+from .fsio import atomic_write_text
 
 UNTRAINED_BANNER = (
     "NOTE: the openai RN101 weights are not available here (offline, not cached), so this demo uses\n"
@@ -37,10 +38,10 @@ def choose_weights(weights: str) -> tuple[str, bool]:
     """`auto` → 'openai' when its checkpoint can be had quickly, else 'untrained'; returns (weights, fell_back)."""
     if weights != "auto":
         return weights, False
-    from .encoder import _openai_checkpoint
+    from .weights import openai_checkpoint
 
     try:
-        _openai_checkpoint()
+        openai_checkpoint()
         return "openai", False
     except EncoderError:
         return "untrained", True
@@ -116,9 +117,10 @@ def run_demo(out: Path | str = "demo_out", small: bool = False, weights: str = "
     log(f"[4/4] eval: {report_dir / 'report.md'} ({times['eval']:.1f} s)")
     log(result.headline)
     result.seconds = times
-    (out / "demo.json").write_text(json.dumps({"weights": weights, "seconds": times, "queries": result.queries,
-                                               "data": str(data), "index": str(index_dir),
-                                               "report": str(report_dir)}, indent=2, ensure_ascii=False))
+    atomic_write_text(out / "demo.json", json.dumps({"weights": weights, "seconds": times, "queries": result.queries,
+                                                    "data": str(data), "index": str(index_dir),
+                                                    "report": str(report_dir)}, indent=2, ensure_ascii=False),
+                      fsync=False)
     log(f"done in {sum(times.values()):.0f} s: data {data}, index {index_dir}, query sheets {out / 'queries'}, "
         f"report {report_dir / 'report.md'}")
     if fell_back:

@@ -47,3 +47,46 @@ def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = 
         np.subtract(feats[j], q, out=diff, dtype=np.float32)  # float16 rows are widened exactly on the fly
         out[i] = diff @ diff
     return out / np.float32(q.shape[0])
+
+
+# ---------------------------------------------------------------- the blocked pairwise form (the studies)
+
+def common_centre(feats: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mean of the present views: one vector subtracted from both sides before the products."""
+    if mask.any():
+        return feats[mask].astype(np.float64).mean(axis=0).astype(np.float32)
+    return np.zeros(feats.shape[-1], dtype=np.float32)
+
+
+def centred_with_norms(feats: np.ndarray, mask: np.ndarray, centre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, V, D) views centred (a new float32 array; the caller's is never modified), missing views zeroed,
+    and their float64 squared norms (n, V).
+
+    Distances do not change under a common translation, but the float32 cancellation error of
+    ||a||² + ||b||² − 2a·b (large for non-negative ReLU activations) shrinks.
+    """
+    X = np.asarray(feats, dtype=np.float32)
+    X = X - centre if centre is not None else X.copy()
+    X[~mask] = 0.0
+    n, V, D = X.shape
+    norms = np.empty((n, V), dtype=np.float64)
+    for s in range(n):  # per shape, so the float64 copy stays small
+        x64 = X[s].astype(np.float64)
+        norms[s] = np.einsum("vd,vd->v", x64, x64)
+    return X, norms
+
+
+def pairwise_mean_sq(A: np.ndarray, B: np.ndarray, a_norms: np.ndarray, b_norms: np.ndarray,
+                     device: str = "cpu") -> np.ndarray:
+    """d(a, b) for every pair of rows of A (..., m, D) and B (..., n, D): (..., m, n) float64.
+
+    The blocked form of `exact_mean_sq` for whole matrices: max(0, ||a||² + ||b||² − 2a·b) / D with
+    float32 products (on `device`, see `gemm`) and float64 norms (`centred_with_norms`) and sums.
+    """
+    from . import gemm
+
+    G = gemm.matmul(A, np.swapaxes(B, -1, -2), device)
+    d = a_norms[..., :, None] + b_norms[..., None, :] - 2.0 * G.astype(np.float64)
+    np.maximum(d, 0.0, out=d)
+    d /= A.shape[-1]
+    return d

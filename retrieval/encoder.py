@@ -5,16 +5,17 @@ CLIPasso". open_clip names the residual stages `layer1`..`layer4` after a 3-conv
 its `layer3` gives 1024×14×14 at 224 px (our default); CLIPasso counts the stem as a layer,
 so its "layer 3" is open_clip's `layer2` (512×28×28). Both are available through `layer=`.
 
-Weights are resolved by `resolve_weights` (like open_clip's factory): `openai` (open_clip's
-download and cache), a local checkpoint file, or `untrained` with a seed — the last one an
-explicit choice for tests and the offline demo, recorded in the fingerprint so that an index
-built with random weights can never be queried with real ones (or the reverse).
+Weights come from `weights.py` (as open_clip keeps `pretrained.py` apart from its factory):
+`openai` (open_clip's download and cache), a local checkpoint file, or `untrained` with a
+seed — the last one an explicit choice for tests and the offline demo, recorded in the
+`Fingerprint` so that an index built with random weights can never be queried with real ones.
 """
 from __future__ import annotations
 
-import os
-import socket
-import warnings
+import copy
+import logging
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,15 @@ import numpy as np
 import torch
 
 from .errors import EncoderError
-from .images import content_sha256, load_image, preprocess_array
+from .fingerprint import Fingerprint
+from .images import load_image, preprocess_array
+from .weights import MODEL_NAME, checkpoint_path, read_state_dict, weights_identity
 
-MODEL_NAME = "RN101"
+log = logging.getLogger(__name__)
+
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 PREPROCESS_VERSION = "white-alpha/pad-white-square/bicubic/clip-norm/v1"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Keys whose equality makes two encoders interchangeable; the rest is recorded for information.
-COMPARED_KEYS = ("model", "layer", "weights", "image_size", "preprocess")
 
 
 @dataclass(frozen=True)
@@ -44,122 +46,30 @@ class EncoderSpec:
     model: str = MODEL_NAME
 
     @classmethod
-    def from_fingerprint(cls, fp: dict, weights_path: str | None = None) -> "EncoderSpec":
+    def from_fingerprint(cls, fp: "Fingerprint | dict", weights_path: str | None = None) -> "EncoderSpec":
         """The spec that reproduces an index's encoder; a local file must be given again by path."""
-        w = str(fp.get("weights", ""))
+        fp = Fingerprint.from_dict(fp)
+        w = str(fp.weights or "")
         if w.startswith("untrained:seed="):
-            return cls("untrained", fp["layer"], int(w.split("=", 1)[1]), int(fp["image_size"]), fp["model"])
+            return cls("untrained", fp.layer, int(w.split("=", 1)[1]), int(fp.image_size), fp.model)
         if w == "openai":
-            return cls("openai", fp["layer"], 0, int(fp["image_size"]), fp["model"])
+            return cls("openai", fp.layer, 0, int(fp.image_size), fp.model)
         if w.startswith("sha256:"):
             if not weights_path:
                 raise EncoderError(
                     f"the index was built with a local weights file ({w[:19]}...); pass it with --weights PATH")
-            return cls(weights_path, fp["layer"], 0, int(fp["image_size"]), fp["model"])
+            return cls(weights_path, fp.layer, 0, int(fp.image_size), fp.model)
         raise EncoderError(f"unknown weights in fingerprint: {w!r}")
 
+    @property
+    def identity(self) -> str:
+        """The weights' identity as the fingerprint records it (hashes a checkpoint file)."""
+        return weights_identity(self.weights, self.seed)
 
-def weights_identity(spec: EncoderSpec) -> str:
-    if spec.weights == "untrained":
-        return f"untrained:seed={spec.seed}"
-    if spec.weights == "openai":
-        return "openai"
-    path = Path(spec.weights)
-    if not path.is_file():
-        raise EncoderError(f"{path}: weights file not found (use 'openai', 'untrained', or a checkpoint path)")
-    return "sha256:" + content_sha256(path)
-
-
-def fingerprint_matches(a: dict, b: dict) -> list[str]:
-    """Names of the compared keys on which two fingerprints differ (empty list = compatible)."""
-    return [k for k in COMPARED_KEYS if str(a.get(k)) != str(b.get(k))]
-
-
-def describe_mismatch(index_fp: dict, enc_fp: dict, where: str) -> str:
-    diffs = fingerprint_matches(index_fp, enc_fp)
-    parts = ", ".join(f"{k}: index {index_fp.get(k)!r} vs encoder {enc_fp.get(k)!r}" for k in diffs)
-    return f"{where}: the index was built with another encoder ({parts})"
-
-
-# ---------------------------------------------------------------- weights resolution
-
-def _openai_checkpoint() -> Path:
-    """Path of the cached openai RN101 checkpoint, downloading it when the network allows."""
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(MODEL_NAME, "openai")
-    hf = cfg.get("hf_hub", "").rstrip("/")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        for fname in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
-            hit = try_to_load_from_cache(hf, fname)
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return Path(hit)
-    except Exception:  # cache probing is best effort
-        pass
-    url_cache = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg.get("url", "RN101.pt"))
-    if url_cache.is_file():
-        return url_cache
-    if not _network_reachable("huggingface.co"):
-        raise EncoderError(
-            "cannot fetch the openai RN101 weights (offline, not in the cache): pass --weights PATH to a local "
-            "checkpoint (OpenAI RN101.pt or an open_clip state dict), or --weights untrained --seed N "
-            "for random weights (tests, offline demo; numbers are not the paper's)")
-    try:
-        return Path(download_pretrained(cfg))
-    except Exception as e:
-        raise EncoderError(
-            f"cannot fetch the openai RN101 weights ({str(e).splitlines()[0][:160]}): pass --weights PATH "
-            "to a local checkpoint, or --weights untrained --seed N") from None
-
-
-def _network_reachable(host: str, timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _read_state_dict(path: Path) -> dict:
-    """Visual-tower tensors from an OpenAI JIT archive, an open_clip state dict, or a visual-only dict."""
-    sd = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
-            if path.suffix == ".safetensors":
-                try:
-                    from safetensors.torch import load_file
-                    sd = load_file(str(path))
-                except Exception as e2:
-                    raise EncoderError(f"{path}: not a readable checkpoint ({e2})") from None
-            else:
-                raise EncoderError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:160]})") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise EncoderError(f"{path}: checkpoint holds no state dict")
-    out = {}
-    for k, v in sd.items():
-        if not torch.is_tensor(v):
-            continue
-        k = k[len("module."):] if k.startswith("module.") else k
-        if k.startswith("visual."):
-            out[k[len("visual."):]] = v
-        elif k.startswith("visual_encoder."):
-            out[k[len("visual_encoder."):]] = v
-        elif not any(k.startswith(p) for p in ("transformer.", "token_embedding", "ln_final", "text_projection",
-                                               "positional_embedding", "logit_scale", "attn_mask")):
-            out[k] = v
-    return out
+    def expected_fingerprint(self) -> Fingerprint:
+        """The compared part of the fingerprint, known without building the model."""
+        return Fingerprint(model=self.model, layer=self.layer, weights=self.identity, image_size=self.image_size,
+                           preprocess=PREPROCESS_VERSION)
 
 
 def build_visual(spec: EncoderSpec) -> torch.nn.Module:
@@ -168,16 +78,10 @@ def build_visual(spec: EncoderSpec) -> torch.nn.Module:
         raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
     if spec.model != MODEL_NAME:
         raise EncoderError(f"unsupported model {spec.model!r}; cvret extracts features from {MODEL_NAME}")
-    checkpoint = None
-    if spec.weights == "openai":
-        checkpoint = _openai_checkpoint()
-    elif spec.weights != "untrained":
-        checkpoint = Path(spec.weights)
-        if not checkpoint.is_file():
-            raise EncoderError(f"{checkpoint}: weights file not found (use 'openai', 'untrained', or a checkpoint path)")
+    checkpoint = checkpoint_path(spec.weights, spec.model)
     visual = _new_visual_tower(spec)
     if checkpoint is not None:
-        sd = _read_state_dict(checkpoint)
+        sd = read_state_dict(checkpoint)
         needed = [k for k in visual.state_dict() if k.split(".")[0] in _modules_up_to(spec.layer)]
         missing = [k for k in needed if k not in sd]
         if missing:
@@ -203,17 +107,17 @@ def _new_visual_tower(spec: EncoderSpec) -> torch.nn.Module:
     """
     import open_clip
 
-    torch.manual_seed(spec.seed)
-    try:
-        from open_clip.model import _build_vision_tower
+    # A forked generator: seeding here must not reset the random stream of the rest of the process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        try:
+            from open_clip.model import _build_vision_tower
 
-        cfg = open_clip.get_model_config(spec.model)
-        return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=True)
-    except (ImportError, TypeError, KeyError):  # a future open_clip without the helper
-        import logging
-
-        logging.getLogger("root").setLevel(logging.ERROR)
-        return open_clip.create_model(spec.model, pretrained=None).visual
+            cfg = open_clip.get_model_config(spec.model)
+            return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=True)
+        except (ImportError, TypeError, KeyError) as e:  # a future open_clip without the helper
+            log.info("open_clip has no _build_vision_tower (%s); building the whole CLIP model", e)
+            return open_clip.create_model(spec.model, pretrained=None).visual
 
 
 def _modules_up_to(layer: str) -> set[str]:
@@ -273,11 +177,50 @@ def build_trunk(spec: EncoderSpec) -> torch.nn.Module:
         from torch.fx.experimental.optimization import fuse
 
         return fuse(trunk).eval()
-    except Exception:  # a model fx cannot trace still works, unfused
+    except Exception as e:  # a model fx cannot trace still works, unfused (slower)
+        log.warning("batch-norm folding failed (%s: %s); the encoder runs unfused", type(e).__name__, e)
         return trunk
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrunkCache:
+    """Built trunks per (spec, weights identity, device, precision), so a process builds each model once.
+
+    Building RN101 (random init or checkpoint read, BN folding through torch.fx) costs seconds;
+    the tests and a long-lived service would otherwise pay it per encoder. Every caller gets its
+    own deep copy, so one caller changing its module (training, hooks) cannot reach another.
+    Least recently used entries are dropped beyond `size` (each holds a model's weights).
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+        if hit is None:
+            hit = build()
+            with self._lock:
+                self._items[key] = hit
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return copy.deepcopy(hit)
+
+    def clear(self):
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+TRUNKS = TrunkCache()
 
 
 class LayerEncoder:
@@ -291,26 +234,22 @@ class LayerEncoder:
         self.spec = spec
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self._weights_id = weights_identity(spec)
+        self._weights_id = spec.identity
         self.dtype = _DTYPES[self.precision]
-        self.trunk = build_trunk(spec).to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        self.trunk = TRUNKS.get(
+            (spec, self._weights_id, str(self.device), self.precision),
+            lambda: build_trunk(spec).to(self.device, dtype=self.dtype, memory_format=torch.channels_last))
         with torch.inference_mode():
             probe = self._forward(torch.zeros(1, 3, spec.image_size, spec.image_size))
         self.feature_shape = tuple(probe.shape[1:])
         self.feature_dim = int(np.prod(self.feature_shape))
 
     @property
-    def fingerprint(self) -> dict:
-        return {
-            "model": self.spec.model,
-            "layer": self.spec.layer,
-            "weights": self._weights_id,
-            "image_size": self.spec.image_size,
-            "preprocess": PREPROCESS_VERSION,
-            "feature_shape": list(self.feature_shape),
-            "precision": self.precision,
-            "torch": torch.__version__.split("+")[0],
-        }
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(model=self.spec.model, layer=self.spec.layer, weights=self._weights_id,
+                           image_size=self.spec.image_size, preprocess=PREPROCESS_VERSION,
+                           feature_shape=tuple(self.feature_shape), precision=self.precision,
+                           torch=torch.__version__.split("+")[0])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, dtype=self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -33,5 +33,8 @@ class StudyError(CvretError):
     """A study that cannot be computed on the given index (missing domains, too few shapes...)."""
 
 
-class ConfigError(CvretError):
-    """An option value that cannot work (unknown style, negative size, unknown device...)."""
+class ConfigError(CvretError, ValueError):
+    """An option value that cannot work (unknown style, negative size, unknown device...).
+
+    Also a ValueError, so callers that validated options with `except ValueError` keep working.
+    """

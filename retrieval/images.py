@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,8 @@ def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> I
 
 def _decode(source, path, max_pixels: int | None) -> Image.Image:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    old_limit = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = Image.open(source)
+        im = open_unchecked(source)  # the header only: our own limit below, checked before decoding
         w, h = im.size
         if w * h > limit:
             raise ImageTooLarge(f"{path}: image is {w}×{h} pixels, over the limit of {limit:,} (raise it with --max-pixels)")
@@ -70,12 +66,41 @@ def _decode(source, path, max_pixels: int | None) -> Image.Image:
         raise ImageError(f"{path}: cannot decode ({msg})") from None
     except Exception as e:  # decoders raise odd things on hostile files
         raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
     try:
         return to_rgb_on_white(im)
     except Exception as e:
         raise ImageError(f"{path}: unsupported pixel format {im.mode!r} ({e})") from None
+
+
+def open_unchecked(path) -> Image.Image:
+    """`Image.open` without PIL's process-wide `MAX_IMAGE_PIXELS` check: reads the header, decodes nothing.
+
+    cvret applies its own per-call limit (`max_pixels`) to the size this returns. Changing PIL's
+    global for the duration of a call is not an option: decoding threads restoring each other's
+    saved values left the guard disabled for the whole process. This runs PIL's own format
+    plugins in PIL's order, exactly as `Image.open` does, minus the global check (and its warning).
+    """
+    if hasattr(path, "read"):  # an image held in memory (an upload)
+        start = path.tell()
+        prefix = path.read(16)
+    else:
+        with open(path, "rb") as f:
+            prefix = f.read(16)
+    for init in (Image.preinit, Image.init):  # common formats first, then every plugin, like Image.open
+        init()
+        for fmt in list(Image.ID):
+            factory, accept = Image.OPEN[fmt]
+            ok = accept(prefix) if accept else True
+            if not ok or isinstance(ok, str):  # a str is PIL's reason for declining
+                continue
+            try:
+                if hasattr(path, "read"):
+                    path.seek(start)
+                    return factory(path, "")
+                return factory(str(path))  # the plugin opens (and after load() closes) its own file
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
 
 
 def to_rgb_on_white(im: Image.Image) -> Image.Image:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import Dataset
-from .encoder import PREPROCESS_VERSION, EncoderSpec, LayerEncoder, fingerprint_matches, weights_identity
+from .encoder import EncoderSpec, LayerEncoder
+from .fingerprint import Fingerprint
 from .errors import CvretError, EncoderError, ImageError, StoreError
 from .images import content_sha256
 from .store import IndexWriter, index_exists
@@ -45,12 +46,6 @@ class IndexReport:
                 "views_per_second": round(self.views_per_second, 2), "total_views": self.total_views}
 
 
-def expected_fingerprint(spec: EncoderSpec) -> dict:
-    """The compared part of an encoder's fingerprint, known without loading the model."""
-    return {"model": spec.model, "layer": spec.layer, "weights": weights_identity(spec),
-            "image_size": spec.image_size, "preprocess": PREPROCESS_VERSION}
-
-
 def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains: list[str] | None = None,
                 device: str = "auto", precision: str = "auto", batch_size: int = 16,
                 feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
@@ -58,11 +53,17 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
                 encoder_cache: dict | None = None) -> IndexReport:
-    """Create or update the index folder `out` from `dataset` and return what was done.
+    """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
 
-    `commit_views`: views per committed segment (a kill loses at most that many); `verify`: read
-    every stored view's checksum first and embed damaged ones again; `encoder_cache`: a dict that keeps
-    the encoder built here for the next call (several shards, one model).
+    Only what is new is embedded: a view whose content hash is stored is left alone, an image
+    identical to a stored one shares its stored feature, a changed image replaces its view; `prune`
+    drops views gone from disk. An index built with another encoder (see `Fingerprint`) stops with
+    an EncoderError. Unreadable views are reported and skipped (`strict` raises instead); damaged
+    stored views are embedded again (`verify`). Any compressed candidate index (`compress='pca:R'`
+    builds one) is brought in step at the end. `encoder` reuses an already built LayerEncoder;
+    `encoder_cache`, a dict, keeps the one built here for the next call (several shards, one model);
+    `commit_views`: views per committed segment (a kill loses at most that many).
+    Returns the counts and timings.
     """
     out = Path(out)
     t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     if not views:
         raise CvretError(f"{dataset.root}: no views in domains {', '.join(domains or [])}")
     report.total_views = len(views)
-    want = expected_fingerprint(spec)
+    want = spec.expected_fingerprint()
     created = not out.exists()
     if overwrite and index_exists(out):
         _discard(out)
@@ -168,7 +169,7 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
         if writer is None:
             if encoder is None:
                 raise CvretError(f"{dataset.root}: no readable views to index")
-            fp = dict(encoder.fingerprint)
+            fp = encoder.fingerprint.to_dict()
             fp["feature_dtype"] = feature_dtype
             writer = IndexWriter(out, fingerprint=fp, feature_dim=encoder.feature_dim, feature_dtype=feature_dtype,
                                  commit_views=commit_views)
@@ -202,13 +203,11 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
             writer.close(commit=False)
 
 
-def _check_compatible(writer: IndexWriter, want: dict, feature_dtype: str, out: Path):
-    have = writer.fingerprint
-    diffs = fingerprint_matches(have, want)
-    if diffs:
+def _check_compatible(writer: IndexWriter, want: Fingerprint, feature_dtype: str, out: Path):
+    have = Fingerprint.from_dict(writer.fingerprint)
+    if have.diff(want):
         writer.close(commit=False)
-        parts = ", ".join(f"{k}: stored {have.get(k)!r} vs requested {want.get(k)!r}" for k in diffs)
-        raise EncoderError(f"{out}: index was built with another encoder ({parts}); use another --out or --overwrite")
+        raise EncoderError(have.mismatch(want, str(out), "stored", "requested") + "; use another --out or --overwrite")
     if writer.feature_dtype != feature_dtype:
         stored = writer.feature_dtype
         writer.close(commit=False)

@@ -1,4 +1,7 @@
-"""Figures of the studies (matplotlib, Agg backend) and result sheets.
+"""Figures of the studies and result sheets, through matplotlib's object-oriented `Figure` API.
+
+`Figure` objects need no pyplot state and no backend choice, so importing this module leaves
+the process's matplotlib (backend, open figures) as it was; files are written atomically.
 
 Colour convention of the distance heatmaps: 'viridis' with low values dark, so *darker = closer*
 (as in the seed's figures). Cells that are undefined (+inf: no shared viewpoint; NaN: no object) are
@@ -10,10 +13,11 @@ import os
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .fsio import atomic_path
 
 DISTANCE_CMAP = "viridis"   # low distance = dark purple: darker = closer
 MAX_LABEL = 11
@@ -36,11 +40,11 @@ def _masked(M) -> np.ma.MaskedArray:
     return np.ma.masked_invalid(np.asarray(M, dtype=np.float64))
 
 
-def _save(fig, out_path: str) -> str:
+def _save(fig: Figure, out_path: str) -> str:
     d = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(d, exist_ok=True)
-    fig.savefig(out_path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    with atomic_path(out_path, fsync=False) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     return out_path
 
 
@@ -54,8 +58,8 @@ def study1_figure(panels: Sequence[tuple], out_path: str, suptitle: str | None =
     size = max(len(p[2]) for p in panels) if panels else 1
     cell = 0.42 if size <= 20 else max(0.08, 8.0 / size)
     w = max(4.0, size * cell + 1.8)
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(w * max(n, 1), w * 0.92 + 0.6), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(w * max(n, 1), w * 0.92 + 0.6), layout="constrained")
+    axes = fig.subplots(1, max(n, 1), squeeze=False)
     for ax, (title, M, rl, cl) in zip(axes[0], panels):
         Mm = _masked(M)
         im = ax.imshow(Mm, cmap=_cmap(), interpolation="nearest")
@@ -82,8 +86,8 @@ def study2_figure(panels: Sequence[tuple], out_path: str, suptitle: str | None =
     n = len(panels)
     V = max(np.asarray(p[1]).shape[0] for p in panels) if panels else 1
     side = max(3.6, 1.25 * V + 1.6)
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(side * max(n, 1), side * 0.9 + 0.5), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(side * max(n, 1), side * 0.9 + 0.5), layout="constrained")
+    axes = fig.subplots(1, max(n, 1), squeeze=False)
     for ax, (title, M, H, rl, cl) in zip(axes[0], panels):
         M = np.asarray(M, dtype=np.float64)
         H = np.asarray(H, dtype=np.float64)
@@ -114,7 +118,8 @@ def study2_figure(panels: Sequence[tuple], out_path: str, suptitle: str | None =
 
 def cmc_figure(curves: Sequence[tuple], out_path: str, title: str | None = None, max_k: int = 50) -> str:
     """Cumulative match curves: curves are (label, ranks (1-based array), N); acc@k for k = 1..min(N, max_k)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for label, ranks, N in curves:
         ranks = np.asarray(ranks)
         K = int(min(N, max_k))
@@ -143,7 +148,9 @@ def _read_image(path):
             return np.asarray(im.convert("RGB"))
     except Exception:  # pragma: no cover - PIL missing or unreadable image
         try:
-            return plt.imread(path)
+            from matplotlib.image import imread
+
+            return imread(path)
         except Exception:
             return None
 
@@ -155,12 +162,13 @@ def result_sheet(query_image_path, hits: Sequence[tuple], out_path: str, title: 
     with its label. Returns `out_path`.
     """
     n = len(hits) + 1
-    fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.8), squeeze=False)
+    fig = Figure(figsize=(2.3 * n, 2.8))
+    axes = fig.subplots(1, n, squeeze=False)
     items = [(query_image_path, "query")] + [(p, lab) for p, lab in hits]
     for r, (ax, (path, label)) in enumerate(zip(axes[0], items)):
         img = _read_image(path)
         if img is None:
-            ax.add_patch(plt.Rectangle((0, 0), 1, 1, color="#dddddd"))
+            ax.add_patch(Rectangle((0, 0), 1, 1, color="#dddddd"))
             ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=8)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import EncoderSpec, LayerEncoder, describe_mismatch, fingerprint_matches
-from .errors import CvretError, EncoderError
 from .distance import candidate_count
+from .encoder import EncoderSpec, LayerEncoder
+from .errors import CvretError, EncoderError
+from .fingerprint import Fingerprint
 from .index import ShapeIndex
 
 
@@ -44,25 +45,35 @@ def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str
     if local is not None:  # a file given for an openai/untrained index: its fingerprint will not match
         spec = replace(spec, weights=local)
     enc = LayerEncoder(spec, device=device, precision=precision)
-    if fingerprint_matches(index.fingerprint, enc.fingerprint):
-        raise EncoderError(describe_mismatch(index.fingerprint, enc.fingerprint, str(index.folder)))
+    _check_encoder(index, enc)
     return enc
+
+
+def _check_encoder(index: ShapeIndex, encoder: LayerEncoder):
+    have = Fingerprint.from_dict(index.fingerprint)
+    if have.diff(encoder.fingerprint):
+        raise EncoderError(have.mismatch(encoder.fingerprint, str(index.folder)))
 
 
 class QueryEngine:
     """Queries one index. `mode='compressed'` takes candidates from the PCA index (exact re-ranking)."""
 
     def __init__(self, index: ShapeIndex, encoder: LayerEncoder | None = None, mode: str = "exact",
-                 candidates: int | None = None, **encoder_options):
+                 candidates: int | None = None, *, weights: str | None = None, device: str = "auto",
+                 precision: str = "auto"):
+        """`encoder` (already built) or `weights`/`device`/`precision` for the one the index records.
+
+        The encoder is built on the first query that needs one, so feature-only use never loads a model.
+        """
         if mode not in ("exact", "compressed"):
             raise CvretError(f"unknown search mode {mode!r}; use exact or compressed")
         self.index = index
         self.mode = mode
         self.candidates = candidates
-        if encoder is not None and fingerprint_matches(index.fingerprint, encoder.fingerprint):
-            raise EncoderError(describe_mismatch(index.fingerprint, encoder.fingerprint, str(index.folder)))
+        if encoder is not None:
+            _check_encoder(index, encoder)
         self._encoder = encoder
-        self._encoder_options = encoder_options
+        self._encoder_options = {"weights": weights, "device": device, "precision": precision}
 
     @property
     def encoder(self) -> LayerEncoder:
@@ -78,21 +89,27 @@ class QueryEngine:
             raise CvretError(f"{self.index.folder}: no {domain!r} views in this index "
                              f"(it holds: {', '.join(self.index.domains)})")
 
+    def _gallery_viewpoints(self, domain: str, viewpoint: str | None) -> list[str]:
+        """The viewpoints a per-view query searches; a bad domain or viewpoint stops before any embedding."""
+        self._check_domain(domain)
+        vps = self.index.viewpoint_names(domain)
+        if viewpoint is None:
+            return vps
+        if viewpoint not in vps:
+            raise CvretError(f"{self.index.folder}: no viewpoint {viewpoint!r} in domain {domain} "
+                             f"(have: {', '.join(vps)})")
+        return [viewpoint]
+
     def query(self, image, domain: str = "npr", viewpoint: str | None = None, k: int = 10,
               per_shape: bool = True) -> list[Hit]:
         """Rank the views of `domain` for one sketch (a path, a PIL image, or a feature vector)."""
+        self._gallery_viewpoints(domain, viewpoint)  # checked before the (costly) embedding
         feat = image if isinstance(image, np.ndarray) else self.embed([image])[0]
         return self.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=per_shape)
 
     def query_features(self, feat: np.ndarray, domain: str = "npr", viewpoint: str | None = None, k: int = 10,
                        per_shape: bool = True) -> list[Hit]:
-        self._check_domain(domain)
-        vps = self.index.viewpoint_names(domain)
-        if viewpoint is not None:
-            if viewpoint not in vps:
-                raise CvretError(f"{self.index.folder}: no viewpoint {viewpoint!r} in domain {domain} "
-                                 f"(have: {', '.join(vps)})")
-            vps = [viewpoint]
+        vps = self._gallery_viewpoints(domain, viewpoint)
         # The k best shapes (or pairs) are always among the k best of each viewpoint's index.
         dists, rows = [], []
         for vp in vps:
@@ -186,15 +203,22 @@ class QueryEngine:
         return hits, lacking
 
 
-def open_engine(index_dir: Path | str, gpu: str = "auto", ray: str | None = None, **encoder_options) -> QueryEngine:
-    """`ray`: search a sharded index through one Ray actor per shard (`cluster.py`) at that address."""
+def open_engine(index_dir: Path | str, gpu: str = "auto", *, mode: str = "exact", candidates: int | None = None,
+                weights: str | None = None, device: str = "auto", precision: str = "auto",
+                ray: str | None = None) -> QueryEngine:
+    """Open an index folder and a query engine on it (the encoder is built on the first embedding).
+
+    `ray`: search a sharded index through one Ray actor per shard (`cluster.py`) at that address.
+    """
     if ray is not None:
         from .shards import ShardedIndex, is_sharded
 
         if not is_sharded(index_dir):
             raise CvretError(f"{index_dir}: --ray searches a sharded index (built with --shards K)")
-        return QueryEngine(ShardedIndex(index_dir, ray=ray), **encoder_options)
-    return QueryEngine(ShapeIndex(index_dir, gpu=gpu), **encoder_options)
+        index = ShardedIndex(index_dir, ray=ray)
+    else:
+        index = ShapeIndex(index_dir, gpu=gpu)
+    return QueryEngine(index, mode=mode, candidates=candidates, weights=weights, device=device, precision=precision)
 
 
 def query_result(engine: QueryEngine, index: str, query: dict, domain: str, hits: list[Hit],

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import gemm
+from .distance import pairwise_mean_sq
 from .errors import StudyError
 from .fsio import atomic_path, atomic_write_text
 
@@ -123,7 +123,7 @@ def summarize(per_query: dict[str, np.ndarray], labels, pr: np.ndarray | None = 
 
 # ------------------------------------------------------------------------------ the feature pass
 
-def query_gallery_distances(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0):
+def query_gallery_distances(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0, device: str = "cpu"):
     """Every present view of `dom_q` against every shape of `dom_g` at the shape's best view.
 
     Returns (queries, gallery, D): queries as (shape index, viewpoint index) pairs, gallery as
@@ -153,8 +153,7 @@ def query_gallery_distances(src, dom_q: str, dom_g: str, *, memory_mb: float = 2
             nb = len(gb)
             Bf = B.reshape(nb * V, -1)
             Bn = (Bf.astype(np.float64) ** 2).sum(axis=1)
-            G = gemm.matmul(Af, Bf.T).astype(np.float64)
-            d = np.maximum(An[:, None] + Bn[None, :] - 2.0 * G, 0.0) / Af.shape[1]
+            d = pairwise_mean_sq(Af, Bf, An, Bn, device)
             d = np.where(Bm.reshape(1, -1), d, np.inf).reshape(len(Af), nb, V).min(axis=2)
             D[qpos:qpos + len(Af), g0:g0 + nb] = d
         qpos += len(Af)
@@ -166,10 +165,10 @@ def _label(src) -> str:
     return str(src.summary().get("index", src))
 
 
-def category_pass(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0) -> dict:
+def category_pass(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0, device: str = "cpu") -> dict:
     """SHREC metrics of one index and domain pair, with category relevance."""
     cats = src.categories
-    queries, gallery, D = query_gallery_distances(src, dom_q, dom_g, memory_mb=memory_mb)
+    queries, gallery, D = query_gallery_distances(src, dom_q, dom_g, memory_mb=memory_mb, device=device)
     g_labels = [cats.get(src.shapes[g]) for g in gallery]
     q_labels = [cats.get(src.shapes[s]) for s, _ in queries]
     keep = np.array([c is not None for c in q_labels], dtype=bool)
@@ -192,7 +191,7 @@ def category_pass(src, dom_q: str, dom_g: str, *, memory_mb: float = 2048.0) -> 
 # ------------------------------------------------------------------------------------ the report
 
 def evaluate_category(sources, out_dir, pairs=(("sketch", "npr"), ("sketch", "rgb")), *, memory_mb: float = 2048.0,
-                      cvret_version: str = "", progress: bool = False) -> dict:
+                      cvret_version: str = "", progress: bool = False, device: str = "cpu") -> dict:
     """`cvret eval --relevance category`: report.json, report.md, per-class CSV and the PR figure."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +207,7 @@ def evaluate_category(sources, out_dir, pairs=(("sketch", "npr"), ("sketch", "rg
                 continue
             if progress:
                 print(f"{name} {dq}->{dg}: category retrieval", flush=True)
-            entry["pairs"][f"{dq}-{dg}"] = category_pass(src, dq, dg, memory_mb=memory_mb)
+            entry["pairs"][f"{dq}-{dg}"] = category_pass(src, dq, dg, memory_mb=memory_mb, device=device)
         report["indexes"][name] = entry
     report["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=str) + "\n")

@@ -1,7 +1,7 @@
 """One prepared run of cvret's GPU path: CUDA encoding (fp16/bf16/fp32), the real `cvret index` on CUDA,
 query latency, and the studies' matrix products on CUDA, each checked against the CPU path.
 
-    python scripts/gpu_check.py --data demo_out/data --out OUT_DIR [--device cuda] [--quick]
+    python scripts/gpu_check.py --data demo_out/data --out OUT_DIR [--device cuda] [--quick] [--precisions fp32,bf16,fp16]
 
 Prints a table and writes gpu_check.json. On a machine without CUDA, `--device cpu --quick`
 runs the same code as a smoke test (the ratios are then meaningless).
@@ -49,13 +49,28 @@ def ranking_agreement(q_a, g_a, q_b, g_b):
     return float(np.mean(ra[:, 0] == rb[:, 0])), float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ra, rb)]))
 
 
-def main():
+def same_headline(a: list[dict], b: list[dict]) -> bool:
+    """Two reports' headline rows agree: same pairs, acc@1 to 1e-9 and MRR to 1e-6 (a missing value never agrees)."""
+    if len(a) != len(b) or not a:
+        return False
+    for x, y in zip(a, b):
+        if x["pair"] != y["pair"]:
+            return False
+        for key, tol in (("acc@1", 1e-9), ("MRR", 1e-6)):
+            if x.get(key) is None or y.get(key) is None or abs(x[key] - y[key]) > tol:
+                return False
+    return True
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="demo_out/data")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--precisions", default="fp32,bf16,fp16",
+                    help="encoder precisions to measure (fp32 first: the others are compared with it)")
+    args = ap.parse_args(argv)
     import torch
 
     from retrieval import gemm
@@ -95,7 +110,10 @@ def main():
     ref_cpu = np.concatenate([cpu32.encode_arrays(batch[i:i + 16]) for i in range(0, n_sub, 16)])
     res["cpu_fp32_views_per_s"] = n_sub / (time.perf_counter() - t)
     enc = {}
-    for prec in ("fp32", "bf16", "fp16"):
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if precisions[:1] != ["fp32"]:
+        ap.error("--precisions must start with fp32 (the reference of the ranking comparison)")
+    for prec in precisions:
         e = LayerEncoder(spec, device=dev, precision=prec)
         enc[prec] = e
         big = np.concatenate([batch] * (1 if args.quick else 2))
@@ -113,7 +131,7 @@ def main():
             out_f[pos] = f
         return out_f
     q32, g32 = feats(enc["fp32"], "sketch"), feats(enc["fp32"], "npr")
-    for prec in ("fp16", "bf16"):
+    for prec in precisions[1:]:
         q, g = feats(enc[prec], "sketch"), feats(enc[prec], "npr")
         top1, top10 = ranking_agreement(q32, g32, q, g)
         res[f"{dev}_{prec}_top1_agreement"], res[f"{dev}_{prec}_top10_overlap"] = top1, top10
@@ -156,18 +174,13 @@ def main():
             times = {}
             reports = {}
             for d in ("cpu", dev):
-                with gemm.on(d):
-                    t = time.perf_counter()
-                    reports[d] = evaluate([si], Path(tmp) / f"rep_{d}", progress=False,
-                                          objects=min(10, len(si.shapes)), study2_objects=min(100, len(si.shapes)))
-                    times[d] = time.perf_counter() - t
+                t = time.perf_counter()
+                reports[d] = evaluate([si], Path(tmp) / f"rep_{d}", progress=False, device=gemm.resolve(d),
+                                      objects=min(10, len(si.shapes)), study2_objects=min(100, len(si.shapes)))
+                times[d] = time.perf_counter() - t
             res["eval_seconds_cpu"], res[f"eval_seconds_{dev}"] = times["cpu"], times[dev]
 
-            def headline(r):
-                return [(row.get("pair"), row.get("acc@1"), row.get("mrr")) for row in headline_rows(r)]
-            a, b = headline(reports["cpu"]), headline(reports[dev])
-            res["eval_same_metrics"] = all(x[0] == y[0] and abs((x[1] or 0) - (y[1] or 0)) < 1e-9 and
-                                           abs((x[2] or 0) - (y[2] or 0)) < 1e-6 for x, y in zip(a, b))
+            res["eval_same_metrics"] = same_headline(headline_rows(reports["cpu"]), headline_rows(reports[dev]))
             print(f"eval: cpu {times['cpu']:.1f} s, {dev} {times[dev]:.1f} s, same metrics: {res['eval_same_metrics']}",
                   flush=True)
     (out / "gpu_check.json").write_text(json.dumps(res, indent=2))

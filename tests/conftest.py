@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from retrieval.cli import main
+from retrieval.encoder import EncoderSpec, LayerEncoder
 
 VIEWPOINTS = ("az000", "az030", "az075")
 AZIMUTHS = {"az000": 0.0, "az030": 30.0, "az075": 75.0}
@@ -88,3 +89,9 @@ def index32(dataset, tmp_path_factory) -> Path:
     run_cli(["index", dataset, "--out", out, *UNTRAINED, "--precision", "fp32", "--feature-dtype", "float32",
              "--quiet"])
     return out
+
+
+@pytest.fixture(scope="session")
+def encoder32() -> LayerEncoder:
+    """The fp32 encoder the test indexes are built with (untrained, seed 0), built once for the whole session."""
+    return LayerEncoder(EncoderSpec("untrained", seed=0), device="cpu", precision="fp32")

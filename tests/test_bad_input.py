@@ -42,6 +42,7 @@ def corrupt(path, kind):
 
 @pytest.mark.parametrize("kind,needle", [("not_image", "not an image"), ("truncated", "truncated"),
                                          ("empty", "empty file (0 bytes)")])
+@pytest.mark.slow
 def test_unreadable_view_is_skipped_then_strict_stops(small, tmp_path, kind, needle):
     out = tmp_path / "idx"
     run_cli(["index", small, "--out", out, *UNTRAINED, "--quiet"])  # 9 good views stored
@@ -152,6 +153,7 @@ def test_pattern_layout_read_in_place(tmp_path):
     assert ds.views[0].path == str(root / "sketch" / "model_0_az000.png")
 
 
+@pytest.mark.slow
 def test_non_ascii_file_names(tmp_path):
     root = make_dataset(tmp_path / "d", n_shapes=2, domains=("npr",))
     (root / "npr" / "shape01").rename(root / "npr" / "стул_椅子")
@@ -177,6 +179,7 @@ def test_query_image_errors(index32, tmp_path):
     one_line_error(run_cli(["query", bad, "--index", tmp_path / "noindex"], ok=False), "noindex", "does not exist")
 
 
+@pytest.mark.slow
 def test_damaged_manifest(dataset, index32, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(index32, broken)
@@ -216,3 +219,45 @@ def test_bad_query_options(index32, dataset):
     one_line_error(run_cli(["query", "--view", f"az090={img}", "--index", index32], ok=False), "az090")
     res = run_cli(["query", img, "--view", f"az000={img}", "--index", index32], ok=False)
     assert res.exit_code == 2
+
+
+def test_decoding_threads_leave_pils_bomb_guard_on(tmp_path):
+    """cvret's own pixel limit must not switch PIL's process-wide guard off, not even for a moment."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image as PILImage
+
+    small = []
+    for i in range(4):
+        small.append(tmp_path / f"s{i}.png")
+        PILImage.new("RGB", (64 + i, 48), "white").save(small[-1])
+    guard = PILImage.MAX_IMAGE_PIXELS
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.add(PILImage.MAX_IMAGE_PIXELS)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        def work(i):
+            p = small[i % len(small)]
+            if i % 3 == 0:  # the error path too
+                with pytest.raises(ImageError, match="over the limit"):
+                    load_image(p, max_pixels=100)
+            else:
+                assert load_image(p).size[1] == 48
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(work, range(400)))
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {guard} and PILImage.MAX_IMAGE_PIXELS == guard
+    bomb = tmp_path / "bomb.png"
+    PILImage.new("1", (14000, 14000), 1).save(bomb)  # 196 Mpx: over twice PIL's default guard
+    with pytest.raises(PILImage.DecompressionBombError):
+        PILImage.open(bomb)  # PIL still refuses it for everyone else in the process
+    with pytest.raises(ImageError, match=r"bomb\.png: image is 14000×14000 pixels, over the limit"):
+        load_image(bomb)

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
 
 from .conftest import run_cli
 
 
+@pytest.mark.slow
 def test_demo_small_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -16,7 +21,11 @@ def test_demo_small_end_to_end(tmp_path, monkeypatch):
         assert step in res.output
     summary = json.loads((out / "demo.json").read_text())
     assert summary["weights"] == "untrained"
-    assert all((out / "queries").glob("*.png"))
+    sheets = sorted((out / "queries").glob("*.png"))
+    assert [p.name for p in sheets] == sorted(Path(q["sheet"]).name for q in summary["queries"]) and len(sheets) == 3
+    for p in sheets:  # each sheet is a readable image, not an empty file
+        with Image.open(p) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["cvret_version"]
     assert (out / "report" / "report.md").read_text().count("untrained") >= 1

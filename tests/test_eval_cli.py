@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from .conftest import UNTRAINED, make_dataset, run_cli
 
 
+@pytest.mark.slow
 def test_eval_cli_two_indexes(dataset, index32, tmp_path):
     layer2 = tmp_path / "tiny_layer2"
     run_cli(["index", dataset, "--out", layer2, *UNTRAINED, "--layer", "layer2", "--quiet"])
@@ -54,6 +56,7 @@ def one_line(res, *needles):
         assert n in err[0], err[0]
 
 
+@pytest.mark.slow
 def test_eval_bad_input(index32, tmp_path):
     only_npr = tmp_path / "only_npr"
     data = make_dataset(tmp_path / "d", n_shapes=3, domains=("npr",))

@@ -206,6 +206,7 @@ def test_load_mesh_errors(tmp_path):
         normalize_mesh(flat)
 
 
+@pytest.mark.slow
 def test_render_dataset_failures_resume_and_layout(tmp_path):
     src = tmp_path / "meshes"
     (src / "sub").mkdir(parents=True)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trimesh
 
 from .conftest import UNTRAINED, run_cli
 
 
+@pytest.mark.slow
 def test_render_cli_then_index(tmp_path):
     meshes = tmp_path / "meshes"
     meshes.mkdir()

@@ -227,6 +227,7 @@ def test_sketch_of_rendered_strokes_keeps_the_npr_layout():
 
 # --------------------------------------------------------------------------- demo dataset
 
+@pytest.mark.slow
 def test_make_demo_dataset_writes_layout_and_resumes(tmp_path):
     _render_api()
     counts = {"chair": 2, "table": 1, "lamp": 1, "airplane": 1}
@@ -262,6 +263,7 @@ def test_make_demo_dataset_writes_layout_and_resumes(tmp_path):
     assert s4["generated"] == 5 and p.read_bytes() != data
 
 
+@pytest.mark.slow
 def test_make_demo_dataset_pool_matches_inline(tmp_path):
     _render_api()
     counts = {"chair": 2, "lamp": 1}

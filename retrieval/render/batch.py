@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from tqdm import tqdm
 
 from ..dataset import DATASET_JSON, write_dataset_json
 from ..errors import ConfigError, CvretError
+from ..fsio import atomic_write_text
+from ..pool import run_jobs
 from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .camera import RENDERER_VERSION, RenderSettings
 from .mesh import MESH_EXTENSIONS, PreparedMesh, load_mesh, mesh_signature, prepare
@@ -58,7 +58,7 @@ def _check_domains(domains) -> tuple:
     domains = tuple(dict.fromkeys(domains))
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown or not domains:
-        raise ValueError(f"unknown render domain(s) {unknown}; choose from {list(DOMAINS)}")
+        raise ConfigError(f"unknown render domain(s) {unknown}; choose from {list(DOMAINS)}")
     return domains
 
 
@@ -191,6 +191,7 @@ def _todo_domains(out_dir: Path, shape_id: str, viewpoints, domains, fp: str, si
 
 
 def _write_atomic_png(img, path: Path) -> None:
+    # A hidden temporary name, not fsio's visible sibling: a crash's leftover must not look like a view.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -215,9 +216,7 @@ def _write_record(out_dir: Path, shape_id: str, source: str, signature: str, fp:
            "settings_fingerprint": settings.fingerprint(), "renderer_version": RENDERER_VERSION,
            "viewpoints": [vp.name for vp in viewpoints],
            "domains": {**{k: v for k, v in old.items() if k not in domains}, **{d: fp for d in domains}}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n", fsync=False)
 
 
 def _render_shape(mesh, shape_id: str, out_dir: Path, viewpoints, settings: RenderSettings, domains,
@@ -260,6 +259,10 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
 
 
 # --------------------------------------------------------------------------------------- dataset
+
+def _run_job(job: tuple):
+    return _job(*job)
+
 
 def _job(path: str, shape_id: str, out_dir: str, viewpoints, settings, domains, signature: str, fp: str):
     """Worker: one mesh file. Returns (shape_id, path, error message or None, seconds)."""
@@ -331,23 +334,12 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
             report.failed.append((path, err))
         bar.update(1)
 
+    def worker_failed(job, e):  # a worker died (e.g. killed for memory): report, keep going
+        path, sid = job[0], job[1]
+        collect((sid, path, f"{path}: worker process failed ({type(e).__name__}); re-run to retry this mesh", 0.0))
+
     try:
-        if workers == 1:
-            for job in jobs:
-                collect(_job(*job))
-        else:
-            # a fresh server, not a fork of this (possibly threaded, Embree-initialised) process
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_job, *job): job for job in jobs}
-                for fut in as_completed(futures):
-                    try:
-                        collect(fut.result())
-                    except Exception as e:  # a worker died (e.g. killed for memory): report, keep going
-                        path, sid = futures[fut][0], futures[fut][1]
-                        collect((sid, path, f"{path}: worker process failed ({type(e).__name__}); "
-                                            "re-run to retry this mesh", 0.0))
+        run_jobs(_run_job, jobs, workers, lambda job, result: collect(result), on_fail=worker_failed)
     finally:
         bar.close()
     order = {sid: i for i, (_, sid) in enumerate(files)}

@@ -53,17 +53,17 @@ class RenderSettings:
 
     def __post_init__(self):
         if int(self.size) < 8:
-            raise ValueError(f"size must be >= 8 pixels, got {self.size}")
+            raise ConfigError(f"size must be >= 8 pixels, got {self.size}")
         for name in ("supersample", "line_supersample"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("half_diagonal", "camera_distance", "focal_mm", "sensor_mm", "piece_length"):
             if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < float(self.crease_angle) <= 180:
-            raise ValueError(f"crease_angle must be in (0, 180], got {self.crease_angle}")
+            raise ConfigError(f"crease_angle must be in (0, 180], got {self.crease_angle}")
         if float(self.line_width) < 0:
-            raise ValueError(f"line_width must be >= 0, got {self.line_width}")
+            raise ConfigError(f"line_width must be >= 0, got {self.line_width}")
         object.__setattr__(self, "front", check_axis(self.front, "front"))
         object.__setattr__(self, "up", check_axis(self.up, "up"))
         if self.front[1] == self.up[1]:

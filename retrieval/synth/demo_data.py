@@ -22,12 +22,13 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
 from ..dataset import write_dataset_json
+from ..errors import ConfigError
+from ..fsio import atomic_write_text
+from ..pool import run_jobs
 from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .shapes import CATEGORIES, GENERATOR_VERSION, generate_shape_spec, shape_id
 from .sketch import SKETCH_VERSION, STYLES, resolve_style, sketch_seed, sketchify
@@ -85,6 +86,7 @@ def _is_done(out: Path, sid: str, viewpoints, fingerprint: str) -> bool:
 
 
 def _atomic_save(img, path: Path) -> None:
+    # A hidden temporary name, not fsio's visible sibling: a crash's leftover must not look like a view.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -97,9 +99,7 @@ def _atomic_save(img, path: Path) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)
 
 
 def render_demo_shape(category: str, index: int, seed: int, style, settings, viewpoints) -> dict:
@@ -168,16 +168,16 @@ def make_demo_dataset(out_dir, counts: dict | None = None, seed: int = 0, style=
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
     for cat, n in counts.items():
         if cat not in CATEGORIES:
-            raise ValueError(f"unknown shape category {cat!r}; choose from {', '.join(CATEGORIES)}")
+            raise ConfigError(f"unknown shape category {cat!r}; choose from {', '.join(CATEGORIES)}")
         if int(n) < 0:
-            raise ValueError(f"count for {cat!r} must be >= 0, got {n}")
+            raise ConfigError(f"count for {cat!r} must be >= 0, got {n}")
     level = resolve_style(style)
     viewpoints = list(viewpoints)
     if not viewpoints:
-        raise ValueError("no viewpoints given")
+        raise ConfigError("no viewpoints given")
     names = [vp.name for vp in viewpoints]
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate viewpoint names: {names}")
+        raise ConfigError(f"duplicate viewpoint names: {names}")
     settings = _settings(settings, size)
     fingerprint = demo_fingerprint(seed, level, settings, viewpoints)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,29 +197,20 @@ def make_demo_dataset(out_dir, counts: dict | None = None, seed: int = 0, style=
 
         bar = tqdm(total=len(jobs), desc="demo shapes", unit="shape")
     written = 0
-    try:
+
+    def done(job, result):
+        nonlocal written
+        written += result[2]
+        if bar is not None:
+            bar.update(1)
+
+    def failed(job, e):
         if workers == 1:
-            for job in jobs:
-                written += _make_one(job)[2]
-                if bar is not None:
-                    bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                     initializer=_worker_init) as pool:
-                futures = {pool.submit(_make_one, job): job for job in jobs}
-                try:
-                    for fut in as_completed(futures):
-                        job = futures[fut]
-                        try:
-                            written += fut.result()[2]
-                        except Exception as e:
-                            raise RuntimeError(f"demo shape {shape_id(job[1], job[2])} failed: {e}") from e
-                        if bar is not None:
-                            bar.update(1)
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            raise e
+        raise RuntimeError(f"demo shape {shape_id(job[1], job[2])} failed: {e}") from e
+
+    try:
+        run_jobs(_make_one, jobs, workers, done, on_fail=failed, initializer=_worker_init, start_method="spawn")
     finally:
         if bar is not None:
             bar.close()

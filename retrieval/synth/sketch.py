@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import ConfigError
+
 __all__ = ["STYLES", "SKETCH_VERSION", "SketchStyle", "resolve_style", "sketch_seed", "sketch_polylines",
            "sketchify", "simplify_polyline"]
 
@@ -47,13 +49,13 @@ def resolve_style(style) -> float:
         try:
             style = float(key)
         except ValueError:
-            raise ValueError(f"unknown sketch style {style!r}; use {', '.join(STYLES)} or a number in [0, 1]") from None
+            raise ConfigError(f"unknown sketch style {style!r}; use {', '.join(STYLES)} or a number in [0, 1]") from None
     try:
         level = float(style)
     except (TypeError, ValueError):
-        raise ValueError(f"sketch style must be a name or a number in [0, 1], got {style!r}") from None
+        raise ConfigError(f"sketch style must be a name or a number in [0, 1], got {style!r}") from None
     if not 0.0 <= level <= 1.0:
-        raise ValueError(f"sketch style level must be in [0, 1], got {level}")
+        raise ConfigError(f"sketch style level must be in [0, 1], got {level}")
     return level
 
 
@@ -385,7 +387,7 @@ def sketchify(strokes, size: int = 224, style="medium", seed=0, line_width: floa
     """
     size = int(size)
     if size < 8:
-        raise ValueError(f"sketch size must be >= 8 pixels, got {size}")
+        raise ConfigError(f"sketch size must be >= 8 pixels, got {size}")
     ss = max(1, int(supersample))
     lines = sketch_polylines(strokes, size, style, seed, line_width)
     S = size * ss

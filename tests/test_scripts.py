@@ -1,0 +1,56 @@
+"""Smoke tests for the benchmark and GPU-check scripts, so they cannot rot silently.
+
+Both run in-process on the tiny test dataset (`--quick`, CPU standing in for CUDA); the figures
+they print are meaningless here, but every section must finish and every check must agree.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"cvret_script_{name}", SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_headline_comparison():
+    gc = load_script("gpu_check")
+    row = {"pair": "sketch-npr", "acc@1": 0.5, "MRR": 0.7}
+    assert gc.same_headline([row], [dict(row)])
+    assert not gc.same_headline([row], [dict(row, MRR=0.6)])
+    assert not gc.same_headline([row], [dict(row, MRR=None)])  # a missing number never agrees
+    assert not gc.same_headline([], [])
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_on_cpu(dataset, tmp_path, capsys):
+    gc = load_script("gpu_check")
+    # fp16 convolutions on a CPU are slow and say nothing about a GPU: fp32 and bf16 exercise the same code
+    gc.main(["--data", str(dataset), "--out", str(tmp_path), "--device", "cpu", "--quick", "--precisions", "fp32,bf16"])
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res["eval_same_metrics"] is True
+    assert res["gpu_search_top10_identical_to_cpu"] == 1.0
+    assert res["cpu_fp32_rel_err_vs_cpu_fp32"] < 1e-5
+    assert res["index_views"] == 54 and res["cpu_bf16_top1_agreement"] > 0.5
+
+
+@pytest.mark.slow
+def test_bench_quick_search_and_compressed(dataset, tmp_path, capsys):
+    bench = load_script("bench")
+    rc = bench.main(["--quick", "--sections", "search,compressed", "--data", str(dataset), "--out", str(tmp_path),
+                     "--search-sizes", "64", "--agg-shapes", "8", "--compressed-settings", "8:6",
+                     "--figure", str(tmp_path / "s.png")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "bench.json").read_text())
+    for name in ("search", "compressed"):
+        assert "error" not in rep["sections"][name], rep["sections"][name]
+    assert rep["sections"]["compressed"]["available"] is True
+    assert rep["sections"]["compressed"]["settings"][0]["recall_at_10_mean"] == 1.0  # 6 candidates = all views
