@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .fsio import atomic_write_bytes, atomic_write_text
 
 COMPRESSED_DIR = "compressed"
@@ -75,7 +75,7 @@ def parse_spec(spec: str) -> int:
     """'pca:128' → 128."""
     m = re.fullmatch(r"pca:(\d+)", spec.strip())
     if not m or int(m.group(1)) < 1:
-        raise StoreError(f"unknown compression {spec!r}; use pca:R, e.g. pca:128")
+        raise ConfigError(f"unknown compression {spec!r}; use pca:R, e.g. pca:128")
     return int(m.group(1))
 
 

@@ -20,13 +20,12 @@ from .errors import StoreError
 from .store import ViewRecord, open_store
 from .viewpoints import Viewpoint
 
-TORCH_GPU_DEVICE = "cuda"
-
 
 class ShapeIndex:
     """An index folder opened for querying and evaluation (read-only: a snapshot of one generation).
 
-    `gpu`: 'auto' (a GPU candidate source when faiss or torch sees one), 'never' or 'always'.
+    `gpu`: 'auto' (a GPU candidate source when faiss or torch sees one), 'never' or 'always';
+    `torch_device`: where the torch GPU source puts the vectors.
     """
 
     def __new__(cls, folder: Path | str, *args, **kwargs):
@@ -37,8 +36,9 @@ class ShapeIndex:
             return ShardedIndex(folder, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True):
+    def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True, torch_device: str = "cuda"):
         self.folder = Path(folder)
+        self._torch_device = torch_device
         if not self.folder.is_dir():
             raise StoreError(f"{self.folder}: index folder does not exist")
         self.store = open_store(self.folder)
@@ -159,7 +159,7 @@ class ShapeIndex:
                 if backend == "faiss":
                     self._sources[mode] = FaissGpuScan(self, float16=self._gpu_float16)
                 elif backend == "torch":
-                    self._sources[mode] = TorchGpuScan(self, TORCH_GPU_DEVICE, float16=self._gpu_float16)
+                    self._sources[mode] = TorchGpuScan(self, self._torch_device, float16=self._gpu_float16)
                 else:
                     self._sources[mode] = ResidentScan(self)
         return self._sources[mode]

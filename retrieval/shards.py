@@ -103,7 +103,7 @@ def build_sharded(dataset: Dataset, out: Path | str, spec, n_shards: int, shards
 def merge_shards(sources: list[Path], out: Path) -> list[int]:
     """Put shard folders built elsewhere into `out` (hard links where possible, else copies); returns the
     shards added. Every source must be a sharded index of the same K and the same encoder."""
-    from .encoder import fingerprint_matches
+    from .fingerprint import Fingerprint
 
     out = Path(out)
     n = None
@@ -125,7 +125,7 @@ def merge_shards(sources: list[Path], out: Path) -> list[int]:
                 shard_fp = json.load(f)["fingerprint"]
             if fp is None:
                 fp = shard_fp
-            elif fingerprint_matches(fp, shard_fp):
+            elif Fingerprint.from_dict(fp).diff(shard_fp):
                 raise CvretError(f"{folder}: built with another encoder than the other shards")
             dest = shard_folder(out, k)
             if dest.resolve() == folder.resolve():
@@ -216,10 +216,11 @@ class ShardedStore:
 class ShardedIndex:
     """A sharded index folder with the interface of `index.ShapeIndex` (read-only)."""
 
-    def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True, ray: str | None = None):
+    def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True, torch_device: str = "cuda",
+                 ray: str | None = None):
         """`ray`: None (shards opened in this process) or a Ray address ('auto', 'local', host:port): each
         shard is then held by an actor of that cluster (`cluster.open_remote_shards`)."""
-        from .encoder import fingerprint_matches
+        from .fingerprint import Fingerprint
         from .index import ShapeIndex
 
         self.folder = Path(folder)
@@ -233,12 +234,13 @@ class ShardedIndex:
                 self.parts = open_remote_shards(self.folder, ray)
             for k in range(self.n_shards if ray is None else 0):
                 if index_exists(shard_folder(self.folder, k)):
-                    self.parts.append((k, ShapeIndex(shard_folder(self.folder, k), gpu=gpu, gpu_float16=gpu_float16)))
+                    self.parts.append((k, ShapeIndex(shard_folder(self.folder, k), gpu=gpu, gpu_float16=gpu_float16,
+                                                     torch_device=torch_device)))
             if not self.parts:
                 raise StoreError(f"{self.folder}: none of its {self.n_shards} shards has been built yet")
             fp = self.parts[0][1].fingerprint
             for k, si in self.parts[1:]:
-                if fingerprint_matches(fp, si.fingerprint):
+                if Fingerprint.from_dict(fp).diff(si.fingerprint):
                     raise StoreError(f"{shard_folder(self.folder, k)}: built with another encoder than shard "
                                      f"{self.parts[0][0]}")
         except BaseException:

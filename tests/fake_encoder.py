@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.encoder import EncoderSpec
-from retrieval.indexer import expected_fingerprint
+from retrieval.fingerprint import Fingerprint
 
 SPEC = EncoderSpec(weights="untrained", seed=0)
 
@@ -23,7 +23,8 @@ class FakeEncoder:
     def __init__(self, dim: int = 4096):
         self.feature_dim = dim
         self.spec = SPEC
-        self.fingerprint = {**expected_fingerprint(SPEC), "feature_shape": [dim], "precision": "fake"}
+        self.fingerprint = Fingerprint.from_dict({**SPEC.expected_fingerprint().to_dict(), "feature_shape": [dim],
+                                                  "precision": "fake"})
 
     def feature_of(self, path) -> np.ndarray:
         seed = int.from_bytes(hashlib.sha256(Path(path).read_bytes()).digest()[:8], "little")

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from retrieval import candidates as cand_mod
-from retrieval import index as index_mod
 from retrieval.encoder import resolve_precision
 from retrieval.index import ShapeIndex
 from retrieval.search import QueryEngine
@@ -57,7 +56,6 @@ def test_torch_gpu_backend_when_faiss_has_no_gpu(index32, dataset, monkeypatch):
     GPU matrix product, and the exact re-rank keeps the ranking exact. The CPU stands in for CUDA."""
     monkeypatch.setattr(cand_mod, "faiss_gpu_count", lambda: 0)
     monkeypatch.setattr(cand_mod, "torch_cuda_available", lambda: True)
-    monkeypatch.setattr(index_mod, "TORCH_GPU_DEVICE", "cpu")
     calls = []
     real = cand_mod.TorchGpuScan.candidates
 
@@ -66,7 +64,7 @@ def test_torch_gpu_backend_when_faiss_has_no_gpu(index32, dataset, monkeypatch):
         return real(self, domain, viewpoint, q, n)
 
     monkeypatch.setattr(cand_mod.TorchGpuScan, "candidates", spy)
-    with ShapeIndex(index32, gpu="auto") as si:
+    with ShapeIndex(index32, gpu="auto", torch_device="cpu") as si:
         assert si.gpu_backend() == "torch"
         q = si.store.read_features([si.row_of("sketch", "shape03", "az030")])
         d, r = si.search("npr", "az030", q, 3)
