@@ -123,6 +123,13 @@ def test_checkpoint_loads_in_cvret_index_and_changes_the_fingerprint(trained, de
         fps[name] = json.loads(run_cli(["info", out, "--json"]).output)["fingerprint"]["weights"]
     assert fps["base"] == "untrained:seed=0"
     assert fps["ft"] == report["weights_identity"]
+    # the encoder loads the trained weights, not a copy of the base
+    from retrieval.encoder import LayerEncoder
+
+    img = next(v.path for v in discover(demo_ds).views if v.domain == "npr")
+    feats = [LayerEncoder(EncoderSpec(w, "layer3", 0, 64), "cpu", "fp32").encode_images([img])
+             for w in ("untrained", str(trained))]
+    assert feats[0].shape == feats[1].shape and not np.allclose(feats[0], feats[1], rtol=1e-3)
     # an index built with the base weights refuses the fine-tuned encoder
     res = run_cli(["index", demo_ds, "--out", tmp_path / "base", "--weights", trained, "--domains", "npr",
                    "--quiet"], ok=False)
