@@ -247,9 +247,11 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
 @click.option("--device", default="auto", show_default=True, help="matrix products on auto, cpu or cuda")
+@click.option("--trained-on", default=None,
+              help="comma-separated categories a fine-tuned encoder was trained on (marked in the per-category table)")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, as_json, quiet):
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, trained_on, as_json, quiet):
     """The seed's Study 1 and Study 2 as retrieval evaluations: report.json, report.md, CSVs, figures."""
     from . import gemm
     from .index import ShapeIndex
@@ -269,7 +271,8 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
         with gemm.on(device):
             report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
                               study2_objects=study2_objects, progress=not quiet and not as_json,
-                              cvret_version=__version__, memory_mb=memory_mb)
+                              cvret_version=__version__, memory_mb=memory_mb,
+                              trained_on=[c.strip() for c in (trained_on or "").split(",") if c.strip()])
     finally:
         for s in sources:
             s.close()

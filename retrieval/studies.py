@@ -613,11 +613,12 @@ def _pair_key(i: str, j: str) -> str:
 
 def evaluate(sources, out_dir, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, study2_objects: int = 100,
              progress: bool = True, cvret_version: str = "0.1.0", weights_note: str | None = None,
-             *, memory_mb: float = DEFAULT_MEMORY_MB) -> dict:
+             *, memory_mb: float = DEFAULT_MEMORY_MB, trained_on: Sequence[str] = ()) -> dict:
     """Run Study 1, Study 2 and joint retrieval for every source and domain pair; write the report.
 
     Writes ``report.json``, ``report.md``, CSVs of every matrix and PNG figures into `out_dir`
     and returns the report dict (the content of report.json, with +/-inf and NaN as None).
+    `trained_on`: categories a fine-tuned encoder was trained on, marked in the per-category comparison.
     """
     from . import plots
 
@@ -823,8 +824,10 @@ def evaluate(sources, out_dir, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int
         "weights_note": weights_note,
         "untrained": any(s["untrained"] for s in report_sources),
         "sources": report_sources,
+        "trained_on": sorted(str(c) for c in trained_on),
     }
     report["headline"] = headline_rows(report)
+    report["per_category_comparison"] = per_category_comparison(report)
     report = _jsonable(report)
     with open(os.path.join(out_dir, "report.json"), "w") as fh:
         json.dump(report, fh, indent=1, allow_nan=False)
@@ -849,6 +852,31 @@ def headline_rows(report: dict) -> list[dict]:
                          "acc@1": s1.get("acc@1"), "acc@5": s1.get("acc@5"), "acc@10": s1.get("acc@10"),
                          "MRR": s1.get("mrr"), "diag-min": s1.get("diag_min_frac"),
                          "view-acc": s2["view_acc"]["overall"]})
+    return rows
+
+
+def per_category_comparison(report: dict) -> list[dict]:
+    """Per category and sketch-query pair, acc@1 / acc@5 of every index: zero-shot transfer in one table.
+
+    Rows for pairs whose query domain is `sketch` (all pairs when none is); `trained` marks the
+    categories a fine-tuned encoder saw, so held-out categories read as zero-shot results.
+    """
+    trained = set(report.get("trained_on") or ())
+    keys = [_pair_key(*p) for p in report["pairs"]]
+    keys = [k for k, p in zip(keys, report["pairs"]) if p[0] == "sketch"] or keys
+    rows = []
+    for key in keys:
+        per_src = {}
+        for s in report["sources"]:
+            p = next((p for p in s["pairs"] if p["key"] == key), None)
+            per_src[s["name"]] = (p or {}).get("study1", {}).get("per_category") or {}
+        cats = sorted({c for per in per_src.values() for c in per})
+        for c in cats:
+            row = {"category": c, "trained": c in trained, "pair": key,
+                   "n": next((per[c]["n"] for per in per_src.values() if c in per), None)}
+            for name, per in per_src.items():
+                row[name] = {k: per.get(c, {}).get(k) for k in ("acc@1", "acc@5")}
+            rows.append(row)
     return rows
 
 
@@ -935,6 +963,17 @@ def report_markdown(report: dict) -> str:
                                    ("joint viewpoint-acc", lambda p: p["joint"].get("viewpoint_acc"))):
                 rows.append([f"{i}-{j}", metric] + [_f(getter(s["pairs"][pi])) for s in report["sources"]])
         L += [_md_table(["pair", "metric"] + names, rows), ""]
+
+    comparison = report.get("per_category_comparison") or []
+    if len(report["sources"]) > 1 and comparison:
+        names = [s["name"] for s in report["sources"]]
+        L += ["### Per category: " + " vs ".join(names), "",
+              "Study 1 acc@1 / acc@5 per query category (gallery: all N shapes). "
+              + ("Categories marked * were trained on; the others are zero-shot." if report.get("trained_on")
+                 else "No training categories given (`cvret eval --trained-on`)."), ""]
+        L += [_md_table(["category", "pair", "n"] + [f"{n} acc@1 / acc@5" for n in names],
+                        [[r["category"] + (" *" if r["trained"] else ""), r["pair"], r["n"]]
+                         + [f"{_f(r[n]['acc@1'])} / {_f(r[n]['acc@5'])}" for n in names] for r in comparison]), ""]
 
     for s in report["sources"]:
         L += [f"## {s['name']}", ""]

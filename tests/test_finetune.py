@@ -185,3 +185,22 @@ def test_dataset_without_meshes_names_the_shape(dataset, tmp_path):
     res = run_cli(["finetune", dataset, "--out", tmp_path / "w.pt", "--from", "untrained", "--train-categories", "even",
                    "--image-size", "64"], ok=False)
     assert res.exit_code == 1 and "no mesh to draw synthetic sketches of shape 'shape00'" in res.output
+
+
+def test_eval_table_per_category_base_vs_finetuned(index32, tmp_path):
+    import shutil
+
+    other = tmp_path / "ft_copy"
+    shutil.copytree(index32, other)
+    out = tmp_path / "rep"
+    run_cli(["eval", "--index", index32, "--index", other, "--out", out, "--objects", "3", "--study2-objects", "3",
+             "--trained-on", "even", "--quiet"])
+    rep = json.loads((out / "report.json").read_text())
+    rows = rep["per_category_comparison"]
+    assert {(r["pair"], r["category"], r["trained"]) for r in rows} == {
+        (p, c, c == "even") for p in ("sketch-npr", "sketch-rgb") for c in ("even", "odd")}
+    src = rep["sources"][0]["pairs"][0]["study1"]["per_category"]
+    r = next(r for r in rows if r["pair"] == "sketch-npr" and r["category"] == "odd")
+    assert r["n"] == 3 and r["tiny32"]["acc@1"] == src["odd"]["acc@1"] and r["tiny32"]["acc@5"] == src["odd"]["acc@5"]
+    md = (out / "report.md").read_text()
+    assert "### Per category: tiny32 vs ft_copy" in md and "| even * | sketch-npr | 3 |" in md
