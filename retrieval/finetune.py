@@ -56,8 +56,8 @@ class FinetuneOptions:
     style_min: float = 0.15              # synthetic sketch style range (0 clean .. 1 abstract)
     style_max: float = 0.9
     loss: str = "infonce"
-    temperature: float | None = None     # None: 0.1 × mean negative distance of the first batch
-    margin: float | None = None          # triplet; None: 0.1 × mean negative distance of the first batch
+    temperature: float | None = None     # None: 0.1 × the batch's mean negative distance (scale-free)
+    margin: float | None = None          # triplet; None: 0.1 × the batch's mean negative distance
     lr: float = 1e-5
     weight_decay: float = 0.0
     epochs: int = 5
@@ -402,15 +402,20 @@ def _features(trunk: Trunk, x: torch.Tensor, device: torch.device, amp: bool) ->
     return out.float().reshape(out.shape[0], -1)
 
 
-def _loss(feats: torch.Tensor, n: int, opts: FinetuneOptions, scale: dict) -> torch.Tensor:
+def _loss(feats: torch.Tensor, n: int, opts: FinetuneOptions) -> torch.Tensor:
+    """The loss of anchors feats[:n] against each positive domain's block of n, averaged over domains.
+
+    Without an explicit τ (margin), it is 0.1 × the batch's mean negative distance, detached: the
+    loss then depends on how positives rank against negatives, not on the features' overall
+    scale, which an absolute τ would let the network inflate to sharpen its logits (and which
+    differs by orders of magnitude between untrained and CLIP weights).
+    """
     anchors = feats[:n]
+    off = ~torch.eye(n, dtype=torch.bool, device=feats.device)
     losses = []
     for k in range(len(opts.positives)):
         d = pairwise_mean_sq(anchors, feats[(k + 1) * n:(k + 2) * n])
-        if "negative_mean" not in scale:  # calibrate τ / margin once, on the first batch, before any step
-            off = ~torch.eye(n, dtype=torch.bool, device=d.device)
-            scale["negative_mean"] = float(d.detach()[off].mean())
-        s = scale["negative_mean"]
+        s = d.detach()[off].mean()
         if opts.loss == "infonce":
             losses.append(infonce(d, opts.temperature or 0.1 * s))
         else:
@@ -418,10 +423,10 @@ def _loss(feats: torch.Tensor, n: int, opts: FinetuneOptions, scale: dict) -> to
     return torch.stack(losses).mean()
 
 
-def train_step(trunk: Trunk, optimizer, x: torch.Tensor, n: int, opts: FinetuneOptions, scale: dict,
+def train_step(trunk: Trunk, optimizer, x: torch.Tensor, n: int, opts: FinetuneOptions,
                device: torch.device = torch.device("cpu"), amp: bool = False) -> float:
     """One optimisation step on a batch of n anchors followed by their positives; returns the loss."""
-    loss = _loss(_features(trunk, x, device, amp), n, opts, scale)
+    loss = _loss(_features(trunk, x, device, amp), n, opts)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -474,7 +479,6 @@ def finetune(ds: Dataset, out, opts: FinetuneOptions, resume: bool = False, prog
     visual.to(device)
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     history: list[dict] = []
-    scale: dict = {}
     start = 1
     rp = resume_path(out)
     if resume and rp.is_file():
@@ -496,7 +500,6 @@ def finetune(ds: Dataset, out, opts: FinetuneOptions, resume: bool = False, prog
                 named[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
         history = json.loads(state["history"])
-        scale = json.loads(state["scale"])
         start = int(state["epoch"]) + 1
         log(f"resuming after epoch {start - 1} from {rp}")
     elif resume:
@@ -515,7 +518,7 @@ def finetune(ds: Dataset, out, opts: FinetuneOptions, resume: bool = False, prog
             bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{opts.epochs}", unit="batch")
         total, count = 0.0, 0
         for batch in batches:
-            loss = train_step(trunk, optimizer, data.tensors(batch, epoch), len(batch), opts, scale, device, amp)
+            loss = train_step(trunk, optimizer, data.tensors(batch, epoch), len(batch), opts, device, amp)
             total += loss * len(batch)
             count += len(batch)
             if bar is not None:
@@ -529,7 +532,7 @@ def finetune(ds: Dataset, out, opts: FinetuneOptions, resume: bool = False, prog
         named = dict(visual.named_parameters())
         state = {"epoch": epoch, "options": json.dumps(opts.to_dict()), "base_identity": base_id,
                  "trained": {n: named[n].detach().cpu().clone() for n in trained_names},
-                 "optimizer": optimizer.state_dict(), "history": json.dumps(history), "scale": json.dumps(scale)}
+                 "optimizer": optimizer.state_dict(), "history": json.dumps(history)}
         rp.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(rp) as tmp:
             torch.save(state, tmp)
@@ -543,8 +546,8 @@ def finetune(ds: Dataset, out, opts: FinetuneOptions, resume: bool = False, prog
         "base": {"weights": opts.base, "identity": base_id}, "layer": opts.layer,
         "trained_categories": sorted({ds.categories[s] for s in split.train if s in ds.categories}),
         "dataset": str(ds.root), "split": split.to_dict(), "options": opts.to_dict(),
-        "temperature": (opts.temperature or 0.1 * scale.get("negative_mean", 0.0)) if opts.loss == "infonce" else None,
-        "margin": (opts.margin or 0.1 * scale.get("negative_mean", 0.0)) if opts.loss == "triplet" else None,
+        "temperature": (opts.temperature or "0.1 x batch mean negative distance") if opts.loss == "infonce" else None,
+        "margin": (opts.margin or "0.1 x batch mean negative distance") if opts.loss == "triplet" else None,
         "training_items": len(data.items), "validation_items": len(data.val_items),
         "epochs": history, "device": str(device), "amp": amp, "torch": torch.__version__.split("+")[0],
         "seconds": round(time.perf_counter() - t0, 2),
