@@ -315,7 +315,8 @@ def _csv(text: str | None) -> tuple:
               help="comma-separated stages that learn (the rest, and every batch norm, stay frozen)")
 @click.option("--image-size", type=int, default=224, show_default=True,
               help="training input size (224 = what cvret index uses; smaller only for quick tests)")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (cuda trains with bf16 autocast)")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu or cuda (cuda trains with bf16 autocast; bit-exact resume is promised on CPU fp32)")
 @click.option("--no-amp", is_flag=True, help="full fp32 on CUDA too")
 @click.option("--resume", is_flag=True, help="continue after the last finished epoch (<out>.resume.pt)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")

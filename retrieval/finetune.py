@@ -63,7 +63,7 @@ class FinetuneOptions:
     epochs: int = 5
     batch_size: int = 8
     train_stages: tuple = ("layer3",)
-    device: str = "cpu"
+    device: str = "auto"                 # cuda when present, else cpu (bit-exact resume is a CPU fp32 promise)
     amp: bool = True                     # mixed precision (bf16 autocast) on CUDA; CPU always fp32
 
     def check(self):

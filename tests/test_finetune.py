@@ -28,9 +28,10 @@ from .conftest import run_cli
 
 SMALL = FinetuneOptions(base="untrained", weights_seed=0, seed=0, layer="layer2", image_size=64,
                         train_categories=("chair",), val_fraction=0.25, epochs=1, batch_size=3, lr=1e-4,
-                        train_stages=("layer2",))
+                        train_stages=("layer2",), device="cpu")
 SMALL_CLI = ["--from", "untrained", "--train-categories", "chair", "--val-fraction", "0.25", "--layer", "layer2",
-             "--train-stages", "layer2", "--image-size", "64", "--batch-size", "3", "--lr", "1e-4", "--quiet"]
+             "--train-stages", "layer2", "--image-size", "64", "--batch-size", "3", "--lr", "1e-4", "--device", "cpu",
+             "--quiet"]
 
 
 @pytest.fixture(scope="module")
