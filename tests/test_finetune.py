@@ -204,3 +204,14 @@ def test_eval_table_per_category_base_vs_finetuned(index32, tmp_path):
     assert r["n"] == 3 and r["tiny32"]["acc@1"] == src["odd"]["acc@1"] and r["tiny32"]["acc@5"] == src["odd"]["acc@5"]
     md = (out / "report.md").read_text()
     assert "### Per category: tiny32 vs ft_copy" in md and "| even * | sketch-npr | 3 |" in md
+
+
+def test_train_shapes_file_chooses_the_pool(demo_ds, tmp_path):
+    ds = discover(demo_ds)
+    split = make_split(ds, replace(SMALL, train_categories=(), train_shapes=("chair_0000", "chair_0001", "table_0000"),
+                                   val_fraction=0.0))
+    assert split.train == ["chair_0000", "chair_0001", "table_0000"] and split.val == []
+    assert split.held_out == ["chair_0002", "chair_0003", "table_0001"] and split.held_out_categories == []
+    (tmp_path / "list.txt").write_text("chair_0000\nnot_a_shape\n")
+    res = run_cli(["finetune", demo_ds, "--out", tmp_path / "w.pt", "--train-shapes", tmp_path / "list.txt"], ok=False)
+    assert res.exit_code == 1 and "not_a_shape" in res.output
