@@ -49,13 +49,23 @@ def encoder_options(f):
 
 
 @main.command("index")
-@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.argument("dataset_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="index folder to create or update")
 @click.option("--pattern", "patterns", multiple=True,
               help="relative path pattern with {domain} {shape} {viewpoint} [{ext}] (repeatable); "
                    "default: the cvret layout {domain}/{shape}/{viewpoint}.{ext}")
+@click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
+                                                          "shrec14"]),
+              help="read a public sketch dataset in place (expected trees: README, Dataset presets)")
+@click.option("--views", "view_map", default=None, metavar="VIEW=VIEWPOINT,...",
+              help="amateursketch/prosketch: file view token -> viewpoint, e.g. 0=az000,1=az030,2=az075 (the default)")
+@click.option("--split", default="all", type=click.Choice(["train", "test", "all"]), show_default=True,
+              help="shrec13/shrec14: which sketches")
+@click.option("--sketch-viewpoints", default="nearest", type=click.Choice(["nearest", "own"]), show_default=True,
+              help="sketch2model: snap each sketch to the nearest declared viewpoint (--azimuths, default the seed's), "
+                   "or keep its own (for a gallery rendered with `cvret render --viewpoints-from`)")
 @click.option("--default-domain", default="sketch", show_default=True,
-              help="domain of views matched by a pattern without {domain}")
+              help="domain of views matched by a pattern without {domain} (and of preset sketches)")
 @click.option("--domains", default=None, help="comma-separated domains to embed (default: all found)")
 @click.option("--azimuths", default=None, help="declare viewpoints by azimuth, e.g. 0,30,75 (default: dataset.json)")
 @click.option("--elevation", type=float, default=10.0, show_default=True)
@@ -73,16 +83,46 @@ def encoder_options(f):
 @click.option("--compress", default=None, metavar="pca:R",
               help="also build a compressed candidate index (PCA codes of R numbers; queries re-rank exactly)")
 @click.option("--compress-sample", type=int, default=2048, show_default=True, help="views sampled to fit the PCA")
+@click.option("--commit-every", type=click.IntRange(min=1), default=256, show_default=True,
+              help="views per committed segment (an interrupted run loses at most this many)")
+@click.option("--no-verify", is_flag=True, help="skip reading every stored view's checksum before updating")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="spread shapes over K shard folders by a stable hash of the shape id")
+@click.option("--shard", "only_shards", type=int, multiple=True,
+              help="with --shards: build only this shard (repeatable), e.g. one per machine")
+@click.option("--merge", "merge_from", multiple=True, type=click.Path(path_type=Path),
+              help="put the shard folders of sharded indexes built elsewhere into --out (repeatable; no embedding)")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="with --shards: embed the shards on a Ray cluster (pip install -e '.[cluster]')")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="with --ray: embedding actors (default: one per GPU, else one per 2 CPUs)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, elevation, weights, seed, layer, precision,
-              device, batch_size, feature_dtype, strict, max_pixels, overwrite, prune, compress, compress_sample,
-              as_json, quiet):
+def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths,
+              elevation, weights, seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels,
+              overwrite, prune, compress, compress_sample, commit_every, no_verify, shards, only_shards, merge_from,
+              ray_address, workers, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
     from .indexer import build_index
+    from .shards import build_sharded, is_sharded, merge_shards, read_shards
     from .viewpoints import make_viewpoints, parse_azimuths
+
+    if merge_from:
+        if dataset_dir is not None:
+            raise click.UsageError("--merge combines built shards; give no DATASET_DIR with it")
+        added = merge_shards(list(merge_from), out)
+        click.echo(f"{out}: merged shards {', '.join(map(str, added)) or '(none new)'} of {read_shards(out)}")
+        return
+    if dataset_dir is None:
+        raise click.UsageError("missing DATASET_DIR")
+    if only_shards and not shards:
+        raise click.UsageError("--shard needs --shards K")
+    if ray_address and not shards and not is_sharded(out):
+        raise click.UsageError("--ray builds a sharded index: give --shards K")
+    if shards is None and is_sharded(out):
+        shards = read_shards(out)
 
     vps = None
     if azimuths:
@@ -91,8 +131,18 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--azimuths")
     dom = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-    ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
-                  default_domain=default_domain)
+    if preset:
+        from .presets import read_preset
+
+        if patterns:
+            raise click.UsageError("give either --preset or --pattern, not both")
+        ds = read_preset(preset, dataset_dir, views=view_map, domain=default_domain, split=split, elevation=elevation,
+                         viewpoints="own" if sketch_viewpoints == "own" else vps)
+    else:
+        if view_map:
+            raise click.UsageError("--views needs --preset amateursketch or prosketch")
+        ds = discover(dataset_dir, patterns=list(patterns) or None, domains=dom, viewpoints=vps,
+                      default_domain=default_domain)
     for p in ds.problems[:20]:
         click.echo(f"warning: {p}", err=True)
     if len(ds.problems) > 20:
@@ -101,21 +151,64 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
     if weights == "untrained" and not as_json:
         click.echo(f"note: untrained RN101 weights (seed {seed}): features are random projections, not CLIP's; "
                    "numbers from this index are not the paper's", err=True)
-    rep = build_index(ds, out, spec, domains=dom, device=device, precision=precision, batch_size=batch_size,
-                      feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
-                      prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample)
-    for path, msg in rep.failed:
-        click.echo(f"skipped: {msg}", err=True)
-    if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False))
+    options = dict(domains=dom, device=device, precision=precision, batch_size=batch_size,
+                   feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
+                   prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
+                   commit_views=commit_every, verify=not no_verify)
+    if shards and ray_address:
+        from .cluster import build_on_ray
+        from .indexer import IndexReport
+
+        raw = build_on_ray(ds, out, spec, shards, ray_address, workers=workers, shards=list(only_shards) or None,
+                           **options)
+        reports = {k: IndexReport(index=str(out), embedded=r.get("embedded", 0), copied=r.get("copied", 0),
+                                  unchanged=r.get("unchanged", 0), seconds=r.get("seconds", 0.0),
+                                  embed_seconds=r.get("embedded", 0) / r["views_per_second"]
+                                  if r.get("views_per_second") else 0.0,
+                                  notes=r.get("notes", []), repaired=r.get("repaired", 0),
+                                  failed=[(f["path"], f["error"]) for f in r.get("failed", [])])
+                   for k, r in sorted(raw.items())}
+    elif shards:
+        reports = build_sharded(ds, out, spec, shards, list(only_shards) or None, **options)
     else:
-        click.echo(f"{out}: {rep.embedded} embedded, {rep.copied} copied from identical images, "
-                   f"{rep.unchanged} unchanged, {len(rep.failed)} skipped "
+        reports = {None: build_index(ds, out, spec, **options)}
+    for rep in reports.values():
+        for note in rep.notes:
+            click.echo(f"note: {note}", err=True)
+        for path, msg in rep.failed:
+            click.echo(f"skipped: {msg}", err=True)
+    if as_json:
+        doc = {str(k): r.to_dict() for k, r in reports.items()} if shards else reports[None].to_dict()
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    for k, rep in reports.items():
+        click.echo(f"{out}{'' if k is None else f' shard {k}'}: {rep.embedded} embedded, {rep.copied} copied from "
+                   f"identical images, {rep.unchanged} unchanged, {len(rep.failed)} skipped"
+                   + (f", {rep.repaired} damaged views re-embedded" if rep.repaired else "") + " "
                    f"({rep.seconds:.1f} s; {rep.views_per_second:.1f} views/s embedding)")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def sketch_files(sources) -> list[Path]:
+    """SKETCH arguments → image files: files as given, folders expanded to their images (sorted)."""
+    from .errors import ImageError
+
+    files = []
+    for src in sources:
+        if src.is_dir():
+            found = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(f"{src}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            files.append(src)
+    return files
+
+
 @main.command("query")
-@click.argument("sketch", required=False, type=click.Path(path_type=Path))
+@click.argument("sketches", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--view", "views", multiple=True, metavar="VIEWPOINT=IMAGE",
               help="a sketch view with a known viewpoint (repeatable): shapes ranked by the mean over views")
@@ -127,42 +220,59 @@ def index_cmd(dataset_dir, out, patterns, default_domain, domains, azimuths, ele
 @click.option("--search", "mode", type=click.Choice(["exact", "compressed"]), default="exact", show_default=True,
               help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
 @click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="sketches embedded per forward pass")
 @encoder_options
-@click.option("--json", "as_json", is_flag=True, help="print hits as JSON")
-def query_cmd(sketch, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, precision, device,
-              as_json):
-    """Rank shapes for SKETCH (or for several --view VIEWPOINT=IMAGE sketches)."""
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="sharded index: search its shards in actors of a Ray cluster")
+@click.option("--json", "as_json", is_flag=True,
+              help="print hits as JSON (a list of rankings when several sketches or a folder are given)")
+def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, batch_size,
+              precision, device, ray_address, as_json):
+    """Rank shapes for each SKETCH (image files or folders of them), or for several --view VIEWPOINT=IMAGE sketches.
+
+    The model is built once for all sketches; each gets its own ranking.
+    """
     from .images import load_image
-    from .search import open_engine
+    from .search import open_engine, query_result
 
     if k < 1:
         raise click.BadParameter("must be at least 1", param_hint="-k")
-    if (sketch is None) == (not views):
-        raise click.UsageError("give either one SKETCH or one or more --view VIEWPOINT=IMAGE")
-    engine = open_engine(index_dir, mode=mode, candidates=candidates, weights=weights, device=device,
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    if bool(sketches) == bool(views):
+        raise click.UsageError("give either SKETCH files/folders or one or more --view VIEWPOINT=IMAGE")
+    files = sketch_files(sketches)
+    engine = open_engine(index_dir, ray=ray_address, mode=mode, candidates=candidates, weights=weights, device=device,
                          precision=precision)
-    excluded = 0
-    if sketch is not None:
-        hits = engine.query(load_image(sketch), domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
-        query = {"sketch": str(sketch)}
-    else:
-        parsed = {}
+    if views:
+        parsed, named = {}, {}
         for item in views:
             if "=" not in item:
                 raise click.BadParameter(f"{item!r} is not VIEWPOINT=IMAGE", param_hint="--view")
             vp, path = item.split("=", 1)
             parsed[vp.strip()] = load_image(path)
+            named[vp.strip()] = path
         hits, excluded = engine.query_views(parsed, domain=domain, k=k)
-        query = {"views": dict(v.split("=", 1) for v in views)}
+        results = [(query_result(engine, str(index_dir), {"views": named}, domain, hits, excluded), hits)]
+    else:
+        results = []
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            feats = engine.embed([load_image(p) for p in chunk])
+            for path, feat in zip(chunk, feats):
+                hits = engine.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
+                results.append((query_result(engine, str(index_dir), {"sketch": str(path)}, domain, hits), hits))
+    as_list = len(sketches) > 1 or any(p.is_dir() for p in sketches)
     if as_json:
-        click.echo(json.dumps({"query": query, "index": str(index_dir), "domain": domain,
-                               "weights": engine.index.fingerprint.get("weights"),
-                               "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]},
-                              indent=2, ensure_ascii=False))
+        data = [r for r, _ in results] if as_list else results[0][0]
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
-    click.echo(format_hits(hits))
-    if excluded:
-        click.echo(f"({excluded} shapes left out: they lack one of the query viewpoints)")
+    for i, (res, hits) in enumerate(results):
+        if as_list:
+            click.echo(("\n" if i else "") + f"== {res['query']['sketch']}")
+        click.echo(format_hits(hits))
+        if res["excluded_shapes"]:
+            click.echo(f"({res['excluded_shapes']} shapes left out: they lack one of the query viewpoints)")
 
 
 def format_hits(hits) -> str:
@@ -194,12 +304,100 @@ def info_cmd(index_dir, as_json):
                                            for v in s["viewpoints"]))
     click.echo(f"encoder:     {fp.get('model')} {fp.get('layer')} weights={fp.get('weights')} "
                f"input={fp.get('image_size')} precision={fp.get('precision')}")
-    click.echo(f"features:    {s['feature_dim']} x {s['feature_dtype']}; layout {s['layout']}")
+    click.echo(f"features:    {s['feature_dim']} x {s['feature_dtype']}; layout {s['layout']}, "
+               f"generation {s['generation']}")
     click.echo(f"size:        {s['size_bytes'] / 1e6:.1f} MB on disk ({s['bytes_per_view'] / 1e3:.0f} kB per view)")
     if str(fp.get("weights", "")).startswith("untrained"):
         click.echo("note:        untrained weights: numbers from this index are not the paper's")
     if s["problems"]:
         click.echo(f"problems:    {len(s['problems'])} at the last build, e.g. {s['problems'][0]}")
+
+
+@main.command("verify")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def verify_cmd(index_dir, as_json, quiet):
+    """Read every stored view and check its checksum; exit 1 when any is damaged."""
+    from .shards import ShardedIndex, is_sharded
+    from .store import open_store
+
+    store = ShardedIndex(index_dir, gpu="never").store if is_sharded(index_dir) else open_store(index_dir)
+    try:
+        bar = None
+        if not quiet and not as_json:
+            from tqdm import tqdm
+            bar = tqdm(total=store.n_views, desc="verify", unit="view", leave=False)
+        bad = store.verify(progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        n, layout = store.n_views, store.layout
+    finally:
+        store.close()
+    result = {"index": str(index_dir), "views": n, "layout": layout,
+              "damaged": [{"row": r.row, "shape": r.shape, "domain": r.domain, "viewpoint": r.viewpoint,
+                           "path": r.path, "segment": r.segment} for r in bad]}
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        for r in bad:
+            click.echo(f"damaged: shape {r.shape}, {r.domain} {r.viewpoint} (row {r.row}, segment {r.segment})")
+        click.echo(f"{index_dir}: {n} views checked, {len(bad)} damaged"
+                   + ("; run `cvret index` on the dataset to re-embed them" if bad else ""))
+    if bad:
+        sys.exit(1)
+
+
+@main.command("serve")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; anything but loopback needs --token (or --no-auth)")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--token", envvar="CVRET_TOKEN", default=None,
+              help="bearer token every /api call must carry (also from $CVRET_TOKEN, which keeps it out of `ps`)")
+@click.option("--no-auth", is_flag=True, help="serve a non-loopback --host without a token (you take the risk)")
+@click.option("--open-browser", is_flag=True, help="open the draw-to-search page once the server listens")
+@click.option("--weights", default=None, help="local weights file, when the index was built with one")
+@encoder_options
+@click.option("--max-body-mb", type=float, default=10.0, show_default=True, help="largest request body (413 above)")
+@click.option("--max-pixels", type=int, default=16_000_000, show_default=True, help="largest uploaded image")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="requests waiting for the encoder before new ones get 503")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="sketches per encoder pass")
+@click.option("--batch-window-ms", type=float, default=5.0, show_default=True,
+              help="how long a lone request waits for others to share its encoder pass")
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, help="per-request limit (s)")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="allow this browser origin (repeatable; none by default)")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="sharded index: hold each shard in an actor of a Ray cluster and fan queries out to them")
+def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, precision, device, max_body_mb, max_pixels,
+              max_queue, max_batch, batch_window_ms, timeout_s, cors_origins, ray_address):
+    """Serve an index over HTTP: the draw-to-search page at /, the JSON API under /api (docs at /docs)."""
+    import logging
+
+    from .errors import ConfigError
+    from .serve import ServeOptions, check_bind, serve
+
+    check_bind(host, token, no_auth)  # before the minutes of model loading
+    for name, value in (("--max-body-mb", max_body_mb), ("--max-pixels", max_pixels), ("--max-queue", max_queue),
+                        ("--max-batch", max_batch), ("--timeout", timeout_s)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if batch_window_ms < 0:
+        raise ConfigError(f"--batch-window-ms must be 0 or more, got {batch_window_ms}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for name in ("multipart", "python_multipart"):  # a warning per malformed upload; our 400 line says it
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in (("cvret.serve", logging.INFO), ("uvicorn.error", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+    options = ServeOptions(max_body_bytes=int(max_body_mb * 1_000_000), max_pixels=max_pixels, max_queue=max_queue,
+                           max_batch=max_batch, batch_window_ms=batch_window_ms, timeout_s=timeout_s, token=token,
+                           cors_origins=list(cors_origins))
+    serve(index_dir, host=host, port=port, options=options, no_auth=no_auth, open_browser=open_browser,
+          weights=weights, device=device, precision=precision, say=lambda m: click.echo(m, err=True), ray=ray_address)
 
 
 @main.command("render")
@@ -212,25 +410,77 @@ def info_cmd(index_dir, as_json):
 @click.option("--line-width", type=float, default=1.25, show_default=True, help="NPR line width in output pixels")
 @click.option("--crease-angle", type=float, default=134.43, show_default=True,
               help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
+@click.option("--line-tone", type=click.Choice(["freestyle", "flat"]), default="freestyle", show_default=True,
+              help="freestyle: anti-aliased coverage composited in linear light, stored sRGB (Blender's look); "
+                   "flat: 8-bit box filter (darker, cvret's first look)")
 @click.option("--domains", default="npr,rgb", show_default=True)
+@click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default=None,
+              help="where the mesh files put the object's front and up: shapenet-v2 (the default; a --preset sets "
+                   "its own) = front -Z, up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
+@click.option("--front", default=None, metavar="AXIS", help="the object's front in the files (+x,-x,+y,-y,+z,-z); "
+                                                            "overrides --convention")
+@click.option("--up", default=None, metavar="AXIS", help="the object's up in the files; overrides --convention")
+@click.option("--azimuth-sign", type=click.Choice(["+1", "-1"]), default="+1", show_default=True,
+              help="+1: increasing azimuth moves the camera to the object's left; -1: to its right")
+@click.option("--preset", default=None, type=click.Choice(["shapenet-v1", "shapenet-v2", "shrec13", "shrec14"]),
+              help="read a public mesh tree in place (shape ids, categories and, for ShapeNet, the convention)")
+@click.option("--only", "only", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="a text file of shape ids (one per line): render only these (e.g. the shapes that have sketches)")
+@click.option("--viewpoints-from", "viewpoints_from", default=None, type=click.Path(path_type=Path),
+              help="a sketch2model tree: render each shape at its sketch's own viewpoint (view.txt)")
 @click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
-def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, domains, workers,
-               force, quiet):
+def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
+               convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
+    from .render.orientation import resolve
     from .viewpoints import make_viewpoints, parse_azimuths
 
+    tree = None
+    if preset:
+        from .presets import read_mesh_preset
+
+        if len(sources) != 1:
+            raise click.UsageError("--preset reads one tree: give its root folder once")
+        tree = read_mesh_preset(preset, sources[0])
+        for p in tree.problems:
+            click.echo(f"warning: {p}", err=True)
+        if convention is None and not front and not up:
+            convention = tree.convention
+    front, up = resolve(convention, front, up)
     try:
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
         settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
-                                  crease_angle=crease_angle)
+                                  crease_angle=crease_angle, line_tone=line_tone, front=front, up=up,
+                                  azimuth_sign=int(azimuth_sign))
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())
+    files = tree.files if tree else None
+    if only is not None:
+        from .errors import ConfigError
+        from .render import find_mesh_files
+
+        try:
+            wanted = [ln.strip() for ln in only.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{only}: cannot read the --only list ({e})") from None
+        pool = files if files is not None else find_mesh_files(list(sources) if len(sources) > 1 else sources[0])
+        files = [(p, sid) for p, sid in pool if sid in set(wanted)]
+        absent = sorted(set(wanted) - {sid for _, sid in files})
+        if absent:
+            click.echo(f"warning: {only}: {len(absent)} ids have no mesh, e.g. {', '.join(absent[:3])}", err=True)
+    own = None
+    if viewpoints_from is not None:
+        from .presets import sketch2model_viewpoints
+
+        own = {sid: [vp] for sid, vp in sketch2model_viewpoints(viewpoints_from).items()}
     rep = render_dataset(list(sources) if len(sources) > 1 else sources[0], out, viewpoints=vps, settings=settings,
-                         domains=doms, workers=workers, progress=not quiet, force=force)
+                         domains=doms, workers=workers, progress=not quiet, force=force,
+                         shape_files=files, categories=tree.categories if tree else None,
+                         viewpoints_for=own)
     click.echo(rep.summary())
     if not rep.rendered and not rep.skipped:
         _fail(f"{out}: no mesh could be rendered")
@@ -247,15 +497,26 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
 @click.option("--device", default="auto", show_default=True, help="matrix products on auto, cpu or cuda")
+@click.option("--relevance", type=click.Choice(["shape", "category"]), default=None,
+              help="shape (default): the seed's studies, the same shape is the right answer; category: SHREC "
+                   "metrics (NN, FT, ST, E, DCG, mAP, PR curve), any shape of the query's category is relevant")
+@click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
+                                                          "shrec14"]),
+              help="the dataset's protocol: shrec13/shrec14 evaluate with --relevance category, the others with shape")
 @click.option("--trained-on", default=None,
               help="comma-separated categories a fine-tuned encoder was trained on (marked in the per-category table)")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, trained_on, as_json, quiet):
-    """The seed's Study 1 and Study 2 as retrieval evaluations: report.json, report.md, CSVs, figures."""
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, relevance, preset, trained_on,
+             as_json, quiet):
+    """The seed's Study 1 and Study 2 as retrieval evaluations (or SHREC category metrics): report.json,
+    report.md, CSVs, figures."""
     from . import gemm
     from .index import ShapeIndex
     from .studies import evaluate, headline_table
+
+    if relevance is None:
+        relevance = "category" if preset in ("shrec13", "shrec14") else "shape"
 
     pair_list = []
     for item in pairs.split(","):
@@ -269,17 +530,23 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
     sources = [ShapeIndex(d, gpu="never") for d in index_dirs]
     try:
         with gemm.on(device):
-            report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
-                              study2_objects=study2_objects, progress=not quiet and not as_json,
-                              cvret_version=__version__, memory_mb=memory_mb,
-                              trained_on=[c.strip() for c in (trained_on or "").split(",") if c.strip()])
+            if relevance == "category":
+                from .shrec import evaluate_category, headline_table as category_table
+
+                report = evaluate_category(sources, out, pairs=pair_list, memory_mb=memory_mb,
+                                           cvret_version=__version__, progress=not quiet and not as_json)
+            else:
+                report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
+                                  study2_objects=study2_objects, progress=not quiet and not as_json,
+                                  cvret_version=__version__, memory_mb=memory_mb,
+                                  trained_on=[c.strip() for c in (trained_on or "").split(",") if c.strip()])
     finally:
         for s in sources:
             s.close()
     if as_json:
         click.echo((Path(out) / "report.json").read_text(encoding="utf-8"))
         return
-    click.echo(headline_table(report))
+    click.echo(category_table(report) if relevance == "category" else headline_table(report))
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 

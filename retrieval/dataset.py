@@ -58,7 +58,7 @@ class Dataset:
 
 
 def write_dataset_json(root: Path | str, viewpoints: list[Viewpoint], categories: dict[str, str] | None = None,
-                       source: str = "", extra: dict | None = None) -> Path:
+                       source: str = "", extra: dict | None = None, axis_convention: str | None = None) -> Path:
     """Write (or merge into) `<root>/dataset.json`: viewpoints, categories, axis convention, notes."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def write_dataset_json(root: Path | str, viewpoints: list[Viewpoint], categories
         except (OSError, ValueError):
             data = {}
     data["viewpoints"] = [vp.to_dict() for vp in viewpoints]
-    data["axis_convention"] = AXIS_CONVENTION
+    data["axis_convention"] = axis_convention or AXIS_CONVENTION
     cats = dict(data.get("categories") or {})
     cats.update(categories or {})
     data["categories"] = dict(sorted(cats.items()))

@@ -36,24 +36,14 @@ def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = 
     """mean((x − q)²) per row, in float32, one row at a time through a reused buffer.
 
     Row by row keeps the working set in cache and allocates nothing per call; a whole-matrix
-    `feats − q` would allocate (and page-fault) a temporary as large as `feats`. float16 rows
-    go through torch, whose float16 → float32 conversion is vectorised (numpy's is ~8× slower);
-    float32 rows stay in numpy (mixing torch's and BLAS's thread pools per row costs more).
+    `feats − q` would allocate (and page-fault) a temporary as large as `feats`. `feats` may be
+    any row-indexable of float16 or float32 rows (an array, or the resident rows of a scan).
     """
     q = np.ascontiguousarray(q, dtype=np.float32)
     which = range(len(feats)) if select is None else select
     out = np.empty(len(which), dtype=np.float32)
-    if feats.dtype == np.float32:
-        diff = np.empty_like(q)
-        for i, j in enumerate(which):
-            np.subtract(feats[j], q, out=diff)
-            out[i] = diff @ diff
-    else:
-        import torch
-
-        tq = torch.from_numpy(q)
-        tdiff = torch.empty_like(tq)
-        for i, j in enumerate(which):
-            torch.sub(torch.from_numpy(np.ascontiguousarray(feats[j])), tq, out=tdiff)
-            out[i] = float(tdiff.dot(tdiff))
+    diff = np.empty_like(q)
+    for i, j in enumerate(which):
+        np.subtract(feats[j], q, out=diff, dtype=np.float32)  # float16 rows are widened exactly on the fly
+        out[i] = diff @ diff
     return out / np.float32(q.shape[0])

@@ -13,6 +13,10 @@ class ImageError(CvretError):
     """One image that cannot be decoded or is unusable (empty, truncated, too large...)."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (the decompression-bomb guard), refused before decoding."""
+
+
 class EncoderError(CvretError):
     """A model or weights that cannot be resolved, or an encoder that does not match an index."""
 

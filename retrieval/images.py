@@ -7,6 +7,7 @@ Every failure is an `ImageError` whose message names the file and the problem.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -14,17 +15,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLarge
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 DEFAULT_MAX_PIXELS = 100_000_000  # about 10,000 × 10,000; raise with --max-pixels
+PAPER_LEVEL = 230  # grey level (0-255) below which a pixel counts as ink
 
 
 def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Decode `path` into an RGB image on white, or raise ImageError naming the file and the problem."""
     path = Path(path)
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         if os.path.getsize(path) == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
@@ -32,15 +33,27 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ImageError(f"{path}: file not found") from None
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    return _decode(path, path, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """The same as `load_image` for an image held in memory (an upload); `name` labels the errors."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, path, max_pixels: int | None) -> Image.Image:
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     old_limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(path)
+            im = Image.open(source)
         w, h = im.size
         if w * h > limit:
-            raise ImageError(f"{path}: image is {w}×{h} pixels, over the limit of {limit:,} (raise it with --max-pixels)")
+            raise ImageTooLarge(f"{path}: image is {w}×{h} pixels, over the limit of {limit:,} (raise it with --max-pixels)")
         if w == 0 or h == 0:
             raise ImageError(f"{path}: image has no pixels ({w}×{h})")
         if im.format == "JPEG":
@@ -84,6 +97,15 @@ def to_rgb_on_white(im: Image.Image) -> Image.Image:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return im
+
+
+def ink_fraction(im: Image.Image, paper: int = PAPER_LEVEL) -> float:
+    """Fraction of pixels darker than paper once composited on white: 0.0 for a blank sketch.
+
+    Servers refuse sketches with (almost) no ink before spending an encoder pass on them.
+    """
+    grey = np.asarray(to_rgb_on_white(im).convert("L"))
+    return float((grey < paper).mean()) if grey.size else 0.0
 
 
 def pad_to_square(im: Image.Image) -> Image.Image:

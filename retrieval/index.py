@@ -1,79 +1,56 @@
-"""FAISS indexes over the stored features, one per (domain, viewpoint), and the opened index folder.
+"""The opened index folder: its tables (shapes, domains, viewpoints, rows), features, and exact search.
 
-Layout: `<folder>/meta.h5` (the feature store) plus `<domain>.<viewpoint>.faiss` exhaustive L2
-indexes with `<domain>.<viewpoint>.rows.npy` mapping FAISS ids back to store rows. One index
-per (domain, viewpoint) serves both query kinds directly: a per-view query searches the V
-indexes of a domain and merges; a view-aggregated query reads one full distance column per
-viewpoint. Distances leave this module as the map defines them: squared L2 / feature length.
+Search is `candidates + exact re-rank`, in one place (`ShapeIndex.search`): a candidate source
+(`candidates.py`: resident CPU scan, torch or faiss GPU, compressed codes) proposes rows, and
+their distances are computed exactly from the stored features, so the ranking equals the
+exhaustive float32 one. Distances leave this module as the map defines them: the mean over the
+feature's elements of the squared difference.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .distance import candidate_count, exact_knn, exact_mean_sq  # noqa: F401 (re-exported)
+from .candidates import FaissGpuScan, ResidentScan, TorchGpuScan, choose_gpu_backend
+from .compress import COMPRESSED_DIR
+from .distance import candidate_count, exact_mean_sq
 from .errors import StoreError
-from .store import STORE_FILE, FeatureStore, ViewRecord
+from .store import ViewRecord, open_store
 from .viewpoints import Viewpoint
 
-MANIFEST = "indexes.json"
-TORCH_GPU_DEVICE = "cuda"  # where the torch GPU backend puts vectors (tests point it at the CPU)
-LAYOUT = "exhaustive-l2/per-domain-viewpoint/v1"
-
-
-def _faiss():
-    import faiss  # imported lazily: `cvret info` and the studies do not need it
-
-    return faiss
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
-
-
-def index_file_stem(domain: str, viewpoint: str) -> str:
-    return f"{safe_name(domain)}.{safe_name(viewpoint)}"
-
-
-def torch_cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def gpu_available() -> bool:
-    try:
-        return _faiss().get_num_gpus() > 0
-    except Exception:
-        return False
+TORCH_GPU_DEVICE = "cuda"
 
 
 class ShapeIndex:
-    """An index folder opened for querying and evaluation (read-only)."""
+    """An index folder opened for querying and evaluation (read-only: a snapshot of one generation).
+
+    `gpu`: 'auto' (a GPU candidate source when faiss or torch sees one), 'never' or 'always'.
+    """
+
+    def __new__(cls, folder: Path | str, *args, **kwargs):
+        """A sharded folder (shards.json) opens as a `shards.ShardedIndex`, which has this interface."""
+        from .shards import ShardedIndex, is_sharded
+
+        if cls is ShapeIndex and is_sharded(folder):
+            return ShardedIndex(folder, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, folder: Path | str, gpu: str = "auto", gpu_float16: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise StoreError(f"{self.folder}: index folder does not exist")
-        self.store = FeatureStore(self.folder / STORE_FILE, "r")
+        self.store = open_store(self.folder)
         self.name = self.folder.name
         self._gpu = gpu
         self._gpu_float16 = gpu_float16
-        self._faiss: dict[tuple[str, str], object] = {}
-        self._cpu: dict[tuple[str, str], object] = {}  # the CPU flat index, kept for exact re-ranking
-        self._on_gpu: set[tuple[str, str]] = set()
-        self._torch_gpu: dict[tuple[str, str], tuple] = {}
-        self._norm_cache: dict[tuple[str, str], np.ndarray] = {}
-        self._gpu_res = None
-        self._compressed = None
-        self._build_tables()
+        self._sources: dict[str, object] = {}
+        try:
+            self._build_tables()
+        except BaseException:
+            self.store.close()
+            raise
 
     def close(self):
         self.store.close()
@@ -119,18 +96,20 @@ class ShapeIndex:
         return [vp.name for vp in self.viewpoints if domain is None or (domain, vp.name) in self._rows]
 
     def summary(self) -> dict:
-        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        size = self.store.size_bytes() + sum(p.stat().st_size for p in (self.folder / COMPRESSED_DIR).glob("*")
+                                             if p.is_file())
         return {
             "index": str(self.folder),
             "shapes": len(self.shapes),
             "views": len(self._records),
             "domains": {d: sum(1 for r in self._records.values() if r.domain == d) for d in self.domains},
             "viewpoints": [vp.to_dict() for vp in self.viewpoints],
-            "categories": dict(sorted(_count(self.categories.values()).items())),
+            "categories": dict(sorted(Counter(self.categories.values()).items())),
             "fingerprint": self.fingerprint,
             "feature_dtype": self.store.feature_dtype,
             "feature_dim": self.feature_dim,
-            "layout": LAYOUT,
+            "layout": self.store.layout,
+            "generation": self.store.generation,
             "size_bytes": size,
             "bytes_per_view": size / max(1, len(self._records)),
             "problems": self.store.problems,
@@ -161,215 +140,108 @@ class ShapeIndex:
             out[np.asarray(where)] = self.store.read_features(rows)
         return out.reshape(len(shape_idx), V, self.feature_dim), present
 
-    # ------------------------------------------------------------ FAISS
-    def faiss_index(self, domain: str, viewpoint: str):
-        key = (domain, viewpoint)
-        if key not in self._faiss:
-            rows = self.rows(domain, viewpoint)
-            if len(rows) == 0:
-                raise StoreError(f"{self.folder}: no {domain} views at viewpoint {viewpoint}")
-            idx = self._load_or_build(domain, viewpoint, rows)
-            self._cpu[key] = idx
-            backend = self.gpu_backend()
-            if backend == "faiss":
-                idx = self._to_gpu(idx)
-                self._on_gpu.add(key)
-            elif backend == "torch":
-                self._torch_gpu[key] = self._to_torch_gpu(key)
-                self._on_gpu.add(key)
-            self._faiss[key] = idx
-        return self._faiss[key]
-
-    def _load_or_build(self, domain: str, viewpoint: str, rows: np.ndarray):
-        faiss = _faiss()
-        stem = index_file_stem(domain, viewpoint)
-        fpath, rpath = self.folder / f"{stem}.faiss", self.folder / f"{stem}.rows.npy"
-        if fpath.exists() and rpath.exists():
-            try:
-                saved_rows = np.load(rpath)
-                if np.array_equal(saved_rows, rows):
-                    idx = faiss.read_index(str(fpath))
-                    if idx.ntotal == len(rows) and idx.d == self.feature_dim:
-                        return idx
-            except Exception:  # a damaged index file is rebuilt from the store, which is the truth
-                pass
-        return build_flat(self.store, rows)
-
+    # ------------------------------------------------------------ search
     def gpu_backend(self) -> str | None:
-        """'faiss' (faiss built with GPU support), 'torch' (faiss-cpu, but torch sees CUDA), or None."""
-        if self._gpu == "never":
-            return None
-        if gpu_available():
-            return "faiss"
-        if torch_cuda_available():
-            return "torch"
-        if self._gpu == "always":
-            raise StoreError("GPU search asked for, but neither faiss nor torch sees a GPU")
-        return None
+        """'faiss', 'torch' or None: which GPU candidate source exact search uses."""
+        return choose_gpu_backend(self._gpu)
 
-    def _to_torch_gpu(self, key):
-        """The vectors on the GPU (fp16 like faiss's useFloat16, else fp32) and their squared norms."""
-        import torch
+    def source(self, mode: str = "exact"):
+        """The candidate source of a search mode (created once)."""
+        if mode not in ("exact", "compressed"):
+            raise StoreError(f"unknown search mode {mode!r}; use exact or compressed")
+        if mode not in self._sources:
+            if mode == "compressed":
+                from .compress import CompressedCandidates
 
-        X = flat_vectors(self._cpu[key])
-        dtype = torch.float16 if self._gpu_float16 else torch.float32
-        Xg = torch.empty((len(X), X.shape[1]), dtype=dtype, device=TORCH_GPU_DEVICE)
-        for s in range(0, len(X), 256):
-            Xg[s:s + 256] = torch.from_numpy(X[s:s + 256]).to(TORCH_GPU_DEVICE, dtype)
-        norms = torch.cat([(Xg[s:s + 256].float() ** 2).sum(1) for s in range(0, len(X), 256)])
-        return Xg, norms
-
-    def _torch_candidates(self, key, q: np.ndarray, kk: int) -> np.ndarray:
-        import torch
-
-        Xg, norms = self._torch_gpu[key]
-        Qg = torch.from_numpy(q).to(TORCH_GPU_DEVICE, Xg.dtype)
-        scores = norms[None, :] - 2.0 * (Qg @ Xg.T).float()
-        return torch.topk(scores, kk, dim=1, largest=False).indices.cpu().numpy()
-
-    def _to_gpu(self, idx):
-        faiss = _faiss()
-        if self._gpu_res is None:
-            self._gpu_res = faiss.StandardGpuResources()
-        co = faiss.GpuClonerOptions()
-        co.useFloat16 = self._gpu_float16
-        return faiss.index_cpu_to_gpu(self._gpu_res, 0, idx, co)
+                self._sources[mode] = CompressedCandidates(self)
+            else:
+                backend = self.gpu_backend()
+                if backend == "faiss":
+                    self._sources[mode] = FaissGpuScan(self, float16=self._gpu_float16)
+                elif backend == "torch":
+                    self._sources[mode] = TorchGpuScan(self, TORCH_GPU_DEVICE, float16=self._gpu_float16)
+                else:
+                    self._sources[mode] = ResidentScan(self)
+        return self._sources[mode]
 
     def compressed(self):
-        """The PCA candidate index of this folder (see compress.py), loaded once."""
-        if self._compressed is None:
-            from .compress import CompressedSearch
-
-            self._compressed = CompressedSearch(self)
-        return self._compressed
+        """The PCA candidate source of this folder (see compress.py), loaded once."""
+        return self.source("compressed")
 
     def search(self, domain: str, viewpoint: str, queries: np.ndarray, k: int,
                mode: str = "exact", candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest views of (domain, viewpoint): (nq,k) mean-squared distances and store rows.
+        """k nearest views of (domain, viewpoint): (nq, k) mean-squared distances and store rows, best first.
 
-        FAISS computes ||x||² + ||y||² − 2x·y, which rounds (a view's distance to itself comes
-        out near 1e-10, not 0) and, on the GPU, may hold fp16 vectors; so it only proposes
-        candidates, and the best ones are re-ranked from the stored features in float32. The
-        ranking then equals the exhaustive float32 one. A single query on the CPU takes its
-        candidates from a BLAS pass instead (`exact_knn`: FAISS scans one query on one thread).
-        `mode='compressed'` takes `candidates` (default max(100, 10k)) from the PCA index.
+        The source proposes max(2k, k+32) candidates (compressed: `candidates`, default max(100, 10k)),
+        which are re-ranked exactly; ties are broken by store row.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.feature_dim)
         rows = self.rows(domain, viewpoint)
+        if len(rows) == 0:
+            raise StoreError(f"{self.folder}: no {domain} views at viewpoint {viewpoint}")
         k = min(k, len(rows))
-        if mode == "compressed":
-            cand = self.compressed().candidates(domain, viewpoint, q, max(k, candidates or max(100, 10 * k)))
-            return self.rerank(domain, viewpoint, q, cand, k)
-        if mode != "exact":
-            raise StoreError(f"unknown search mode {mode!r}; use exact or compressed")
-        idx = self.faiss_index(domain, viewpoint)
-        if len(q) == 1 and (domain, viewpoint) not in self._on_gpu:
-            d, pos = exact_knn(self.vectors(domain, viewpoint), self._norms(domain, viewpoint), q[0], k, rows)
-            return d[None, :], rows[pos][None, :]
-        kk = candidate_count(k, len(rows))
-        if (domain, viewpoint) in self._torch_gpu:
-            ids = self._torch_candidates((domain, viewpoint), q, kk)
-        else:
-            _, ids = idx.search(q, kk)
-        return self.rerank(domain, viewpoint, q, rows[np.clip(ids, 0, None)], k)
-
-    def vectors(self, domain: str, viewpoint: str) -> np.ndarray:
-        """The float32 vectors of a (domain, viewpoint) index, in `rows()` order, without a copy."""
-        self.faiss_index(domain, viewpoint)
-        return flat_vectors(self._cpu[(domain, viewpoint)])
-
-    def _norms(self, domain: str, viewpoint: str) -> np.ndarray:
-        key = (domain, viewpoint)
-        if key not in self._norm_cache:
-            X = self.vectors(domain, viewpoint)
-            self._norm_cache[key] = np.array([x @ x for x in X], dtype=np.float32)
-        return self._norm_cache[key]
+        n = max(k, candidates or max(100, 10 * k)) if mode == "compressed" else candidate_count(k, len(rows))
+        cand = self.source(mode).candidates(domain, viewpoint, q, n)
+        return self.rerank(domain, viewpoint, q, cand, k)
 
     def rerank(self, domain: str, viewpoint: str, q: np.ndarray, cand_rows: np.ndarray,
                k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact float32 mean-squared distances of candidate rows, best k first (ties by row).
+        """Exact mean-squared distances of candidate rows, best k first (ties by row).
 
-        Candidate features come from the in-memory exact index when it is loaded, else from the store.
+        Candidate features come from the resident rows when the CPU scan holds them, else from the store.
         """
         d_out = np.empty((len(q), k), dtype=np.float32)
         r_out = np.empty((len(q), k), dtype=np.int64)
-        X = self.vectors(domain, viewpoint) if (domain, viewpoint) in self._cpu else None
         for i in range(len(q)):
-            if X is not None:
-                d = exact_mean_sq(q[i], X, self._positions(domain, viewpoint, cand_rows[i]))
-            else:
-                d = exact_mean_sq(q[i], self.store.read_features(cand_rows[i]))
-            order = np.lexsort((cand_rows[i], d))[:k]
-            d_out[i], r_out[i] = d[order], cand_rows[i][order]
+            cand = np.unique(cand_rows[i])
+            d = self.exact_distances(domain, viewpoint, q[i], cand)
+            order = np.lexsort((cand, d))[:k]
+            d_out[i], r_out[i] = d[order], cand[order]
         return d_out, r_out
+
+    def exact_distances(self, domain: str, viewpoint: str, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The view distance (distance.exact_mean_sq) from one query to the given rows of (domain, viewpoint)."""
+        resident = self._resident(domain, viewpoint)
+        if resident is not None:
+            return exact_mean_sq(q, resident, self._positions(domain, viewpoint, rows))
+        return exact_mean_sq(q, self.store.read_raw(rows))
+
+    def _resident(self, domain: str, viewpoint: str):
+        src = self._sources.get("exact")
+        if isinstance(src, ResidentScan):
+            return src.matrix(domain, viewpoint)
+        return None
 
     def _positions(self, domain: str, viewpoint: str, rows: np.ndarray) -> np.ndarray:
         all_rows = self.rows(domain, viewpoint)
         order = np.argsort(all_rows)
         return order[np.searchsorted(all_rows, rows, sorter=order)]
 
+    def vectors(self, domain: str, viewpoint: str):
+        """The resident rows of (domain, viewpoint) in `rows()` order, in the stored dtype (CPU source)."""
+        src = self.source("exact")
+        if not isinstance(src, ResidentScan):
+            src = self._sources.setdefault("resident", ResidentScan(self))
+        return src.matrix(domain, viewpoint)
+
     def distances_to_all(self, domain: str, viewpoint: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact distances from each query to every view of (domain, viewpoint), in `rows()` order."""
+        """Distances from each query to every view of (domain, viewpoint), in `rows()` order.
+
+        Direct float32 sums of squared differences; they may differ from `exact_distances` in the last
+        bits (summation order), so rankings built on them re-rank their best candidates exactly.
+        """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.feature_dim)
-        X = self.vectors(domain, viewpoint)
-        out = np.empty((len(q), len(X)), dtype=np.float32)
-        for i in range(len(q)):
-            out[i] = exact_mean_sq(q[i], X)
-        return out, self.rows(domain, viewpoint)
-
-
-def flat_vectors(idx) -> np.ndarray:
-    """The (ntotal, d) float32 vectors of a FAISS IndexFlat, as a numpy view without a copy."""
-    return _faiss().rev_swig_ptr(idx.get_xb(), idx.ntotal * idx.d).reshape(idx.ntotal, idx.d)
-
-
-def build_flat(store: FeatureStore, rows: np.ndarray, batch: int = 256):
-    """Exhaustive L2 index over the given store rows (fp16 features upcast to float32)."""
-    faiss = _faiss()
-    idx = faiss.IndexFlatL2(store.feature_dim)
-    for start in range(0, len(rows), batch):
-        idx.add(store.read_features(rows[start:start + batch]))
-    return idx
-
-
-def write_indexes(folder: Path | str, progress: bool = False) -> dict:
-    """(Re)build every (domain, viewpoint) index of a folder from its store and save them."""
-    faiss = _faiss()
-    folder = Path(folder)
-    with ShapeIndex(folder, gpu="never") as si:
-        keys = sorted(si._rows)
-        manifest = {"layout": LAYOUT, "metric": "squared L2 / feature length", "store_n_views": si.store.n_views,
-                    "indexes": {}}
-        it = keys
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(keys, desc="faiss", unit="index", leave=False)
-        for d, vp in it:
-            rows = si.rows(d, vp)
-            idx = build_flat(si.store, rows)
-            stem = index_file_stem(d, vp)
-            tmp = folder / f"{stem}.faiss.tmp"
-            faiss.write_index(idx, str(tmp))
-            os.replace(tmp, folder / f"{stem}.faiss")
-            np.save(folder / f"{stem}.rows.tmp.npy", rows)
-            os.replace(folder / f"{stem}.rows.tmp.npy", folder / f"{stem}.rows.npy")
-            manifest["indexes"][f"{d}/{vp}"] = {"file": f"{stem}.faiss", "views": int(len(rows))}
-        # remove indexes of (domain, viewpoint) pairs that no longer exist
-        wanted = {f"{index_file_stem(d, vp)}.faiss" for d, vp in keys}
-        for p in folder.glob("*.faiss"):
-            if p.name not in wanted:
-                p.unlink()
-                rp = p.with_name(p.name[: -len(".faiss")] + ".rows.npy")
-                if rp.exists():
-                    rp.unlink()
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, folder / MANIFEST)
-    return manifest
-
-
-def _count(values) -> dict:
-    out: dict = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
+        src = self.source("exact")
+        if isinstance(src, ResidentScan):
+            sums = src.sums_to_all(domain, viewpoint, q)
+            if sums is not None:
+                return sums / np.float32(self.feature_dim), self.rows(domain, viewpoint)
+            X = src.matrix(domain, viewpoint)
+            return np.stack([exact_mean_sq(qi, X) for qi in q]), self.rows(domain, viewpoint)
+        rows = self.rows(domain, viewpoint)
+        out = np.empty((len(q), len(rows)), dtype=np.float32)
+        for s in range(0, len(rows), 64):
+            X = self.store.read_raw(rows[s:s + 64])
+            for i, qi in enumerate(q):
+                out[i, s:s + 64] = exact_mean_sq(qi, X)
+        return out, rows

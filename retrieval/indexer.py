@@ -1,9 +1,11 @@
-"""Building an index folder from a dataset: hash, embed what is new, append, rebuild FAISS.
+"""Building an index folder from a dataset: hash, embed what is new, commit segments, update the codes.
 
-Resumable by construction: every batch is committed to the store before the next one
-starts, and a view whose (domain, shape, viewpoint) already holds the same image content
-is never embedded again; an identical image stored under another key is copied, not
-re-embedded. Unreadable views are reported and skipped (or stop the run with `strict`).
+Resumable by construction: embedded views are committed (a new segment, then the manifest)
+every few dozen views, and a view whose (domain, shape, viewpoint) already holds the same
+image content is never embedded again; an identical image stored under another key shares
+the stored feature. Damaged stored views are found by their checksums and embedded again
+from their images. Unreadable views are reported and skipped (or stop the run with `strict`).
+One writer at a time: a second `cvret index` on the same folder stops at once.
 """
 from __future__ import annotations
 
@@ -15,8 +17,7 @@ from .dataset import Dataset
 from .encoder import PREPROCESS_VERSION, EncoderSpec, LayerEncoder, fingerprint_matches, weights_identity
 from .errors import CvretError, EncoderError, ImageError, StoreError
 from .images import content_sha256
-from .index import MANIFEST, write_indexes
-from .store import STORE_FILE, FeatureStore
+from .store import IndexWriter, index_exists
 
 
 @dataclass
@@ -27,7 +28,8 @@ class IndexReport:
     unchanged: int = 0       # already stored with the same content
     failed: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    recovered_rows: int = 0
+    repaired: int = 0        # damaged stored views embedded again
+    notes: list[str] = field(default_factory=list)  # what opening the index found and repaired
     seconds: float = 0.0
     embed_seconds: float = 0.0
     total_views: int = 0
@@ -39,7 +41,7 @@ class IndexReport:
     def to_dict(self) -> dict:
         return {"index": self.index, "embedded": self.embedded, "copied": self.copied, "unchanged": self.unchanged,
                 "failed": [{"path": p, "error": m} for p, m in self.failed], "problems": self.problems,
-                "recovered_rows": self.recovered_rows, "seconds": round(self.seconds, 3),
+                "repaired": self.repaired, "notes": self.notes, "seconds": round(self.seconds, 3),
                 "views_per_second": round(self.views_per_second, 2), "total_views": self.total_views}
 
 
@@ -54,7 +56,14 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 feature_dtype: str = "float16", strict: bool = False, max_pixels: int | None = None,
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
-                compress_sample: int = 2048) -> IndexReport:
+                compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
+                encoder_cache: dict | None = None) -> IndexReport:
+    """Create or update the index folder `out` from `dataset` and return what was done.
+
+    `commit_views`: views per committed segment (a kill loses at most that many); `verify`: read
+    every stored view's checksum first and embed damaged ones again; `encoder_cache`: a dict that keeps
+    the encoder built here for the next call (several shards, one model).
+    """
     out = Path(out)
     t0 = time.perf_counter()
     if compress is not None:
@@ -62,86 +71,151 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
 
         parse_spec(compress)
     report = IndexReport(index=str(out), problems=list(dataset.problems))
-    store_path = out / STORE_FILE
-    if overwrite and out.exists():
-        for p in [store_path, out / MANIFEST, *out.glob("*.faiss"), *out.glob("*.rows.npy")]:
-            if p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
     views = [v for v in dataset.views if not domains or v.domain in domains]
     if not views:
         raise CvretError(f"{dataset.root}: no views in domains {', '.join(domains or [])}")
     report.total_views = len(views)
     want = expected_fingerprint(spec)
-
-    store = None
-    if store_path.exists():
-        store = FeatureStore(store_path, "r+")
-        have = store.fingerprint
-        diffs = fingerprint_matches(have, want)
-        if diffs:
-            store.close()
-            parts = ", ".join(f"{k}: stored {have.get(k)!r} vs requested {want.get(k)!r}" for k in diffs)
-            raise EncoderError(f"{store_path}: index was built with another encoder ({parts}); "
-                               "use another --out or --overwrite")
-        if store.feature_dtype != feature_dtype:
-            store.close()
-            raise StoreError(f"{store_path}: stores {store.feature_dtype} features, not {feature_dtype}; "
-                             "use another --out or --overwrite")
-        report.recovered_rows = store.recover()
+    created = not out.exists()
+    if overwrite and index_exists(out):
+        _discard(out)
     try:
-        # Decide per view: unchanged, copy from an identical image, or embed.
-        existing = store.lookup() if store else {}
-        by_hash = store.rows_by_hash() if store else {}
-        to_embed, to_copy = [], []
-        for v in views:
-            try:
-                sha = content_sha256(v.path)
-            except OSError as e:
-                msg = f"{v.path}: cannot read ({e.strerror or e})"
-                if strict:
-                    raise ImageError(msg) from None
-                report.failed.append((v.path, msg))
-                continue
-            rec = existing.get((v.domain, v.shape, v.viewpoint))
-            if rec is not None and rec.sha256 == sha:
-                report.unchanged += 1
-            elif sha in by_hash:
-                to_copy.append((v, sha, by_hash[sha]))
-            else:
-                to_embed.append((v, sha))
-        if to_embed and encoder is None:
-            encoder = LayerEncoder(spec, device=device, precision=precision)
-        if store is None:
-            if encoder is None:
-                raise CvretError(f"{dataset.root}: no readable views to index")
-            fp = dict(encoder.fingerprint)
-            fp["feature_dtype"] = feature_dtype
-            store = FeatureStore.create(store_path, fp, encoder.feature_dim, feature_dtype)
-        if to_copy:
-            feats = store.read_features([row for _, _, row in to_copy])
-            store.append([(v.domain, v.shape, v.viewpoint, v.path, sha) for v, sha, _ in to_copy], feats)
-            report.copied = len(to_copy)
-        if to_embed:
-            _embed_all(store, encoder, to_embed, report, batch_size=batch_size, strict=strict,
-                       max_pixels=max_pixels, progress=progress)
-        if prune:
-            on_disk = {(v.domain, v.shape, v.viewpoint) for v in views}
-            gone = [r.row for key, r in store.lookup().items() if key not in on_disk]
-            store.deactivate(gone)
-        store.set_dataset_info(dataset.viewpoints, dataset.categories,
-                               report.problems + [m for _, m in report.failed], dataset.source)
-    finally:
-        if store is not None:
-            store.close()
-    write_indexes(out, progress=progress)
+        _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
+                feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
+                encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache)
+    except BaseException:
+        if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     _update_compressed(out, compress, compress_sample, progress)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _embed_all(store: FeatureStore, encoder: LayerEncoder, to_embed, report: IndexReport, *, batch_size, strict,
+def _discard(out: Path):
+    """--overwrite: remove what an index folder holds (under the writer lock, so never under a running writer)."""
+    import shutil
+
+    from .store import LOCK_FILE, WriterLock
+
+    lock = WriterLock(out)
+    lock.acquire()
+    try:
+        for p in out.iterdir():
+            if p.name == LOCK_FILE:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    finally:
+        lock.release()
+
+
+def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
+            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None):
+    # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
+    shas: dict[int, str] = {}
+    for i, v in enumerate(views):
+        try:
+            shas[i] = content_sha256(v.path)
+        except OSError as e:
+            msg = f"{v.path}: cannot read ({e.strerror or e})"
+            if strict:
+                raise ImageError(msg) from None
+            report.failed.append((v.path, msg))
+    writer = None
+    if index_exists(out):
+        writer = IndexWriter(out, commit_views=commit_views)
+        _check_compatible(writer, want, feature_dtype, out)
+    try:
+        if writer is not None:
+            report.notes.extend(writer.notes)
+            if verify:
+                damaged = writer.find_damaged()
+                if damaged:
+                    report.notes.append(f"{out}: {len(damaged)} damaged stored views (checksum mismatch), embedded "
+                                        "again: " + ", ".join(f"{r.shape} {r.domain} {r.viewpoint}"
+                                                               for r in damaged[:5]))
+                    report.repaired = len(damaged)
+                    writer.remove([r.row for r in damaged])
+        existing = writer.lookup() if writer else {}
+        by_hash = writer.rows_by_hash() if writer else {}
+        to_embed, to_copy, copy_later = [], [], []
+        embedding = set()
+        for i, v in enumerate(views):
+            if i not in shas:
+                continue
+            sha = shas[i]
+            rec = existing.get((v.domain, v.shape, v.viewpoint))
+            if rec is not None and rec.sha256 == sha:
+                report.unchanged += 1
+            elif sha in by_hash:
+                to_copy.append((v, sha, by_hash[sha]))
+            elif sha in embedding:  # the same image twice in this run: embedded once, then shared
+                copy_later.append((v, sha))
+            else:
+                to_embed.append((v, sha))
+                embedding.add(sha)
+        if encoder is None and encoder_cache is not None:
+            encoder = encoder_cache.get("encoder")
+        if to_embed and encoder is None:
+            encoder = LayerEncoder(spec, device=device, precision=precision)
+            if encoder_cache is not None:
+                encoder_cache["encoder"] = encoder
+        if writer is None:
+            if encoder is None:
+                raise CvretError(f"{dataset.root}: no readable views to index")
+            fp = dict(encoder.fingerprint)
+            fp["feature_dtype"] = feature_dtype
+            writer = IndexWriter(out, fingerprint=fp, feature_dim=encoder.feature_dim, feature_dtype=feature_dtype,
+                                 commit_views=commit_views)
+        if to_copy:
+            writer.add_copies([(v.domain, v.shape, v.viewpoint, v.path, sha) for v, sha, _ in to_copy],
+                              [row for _, _, row in to_copy])
+            report.copied = len(to_copy)
+        if to_embed:
+            _embed_all(writer, encoder, to_embed, report, batch_size=batch_size, strict=strict,
+                       max_pixels=max_pixels, progress=progress)
+        if copy_later:
+            writer.commit()  # the shared features must be in a committed segment
+            by_hash = writer.rows_by_hash()
+            later = [(v, sha) for v, sha in copy_later if sha in by_hash]  # not when its image failed to embed
+            writer.add_copies([(v.domain, v.shape, v.viewpoint, v.path, sha) for v, sha in later],
+                              [by_hash[sha] for _, sha in later])
+            report.copied += len(later)
+        if prune:
+            on_disk = {(v.domain, v.shape, v.viewpoint) for v in views}
+            writer.remove([r.row for key, r in writer.lookup().items() if key not in on_disk])
+        writer.set_dataset_info(dataset.viewpoints, dataset.categories,
+                                report.problems + [m for _, m in report.failed], dataset.source)
+        writer.commit()
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.close(commit=True)  # keep what was embedded before the interrupt
+            writer = None
+        raise
+    finally:
+        if writer is not None:
+            writer.close(commit=False)
+
+
+def _check_compatible(writer: IndexWriter, want: dict, feature_dtype: str, out: Path):
+    have = writer.fingerprint
+    diffs = fingerprint_matches(have, want)
+    if diffs:
+        writer.close(commit=False)
+        parts = ", ".join(f"{k}: stored {have.get(k)!r} vs requested {want.get(k)!r}" for k in diffs)
+        raise EncoderError(f"{out}: index was built with another encoder ({parts}); use another --out or --overwrite")
+    if writer.feature_dtype != feature_dtype:
+        stored = writer.feature_dtype
+        writer.close(commit=False)
+        raise StoreError(f"{out}: stores {stored} features, not {feature_dtype}; use another --out or --overwrite")
+
+
+def _embed_all(writer: IndexWriter, encoder: LayerEncoder, to_embed, report: IndexReport, *, batch_size, strict,
                max_pixels, progress):
     paths = [v.path for v, _ in to_embed]
     bar = None
@@ -163,7 +237,7 @@ def _embed_all(store: FeatureStore, encoder: LayerEncoder, to_embed, report: Ind
                                                     on_error=on_error):
             recs = [(to_embed[p][0].domain, to_embed[p][0].shape, to_embed[p][0].viewpoint, to_embed[p][0].path,
                      to_embed[p][1]) for p in positions]
-            store.append(recs, feats)
+            writer.add(recs, feats)
             report.embedded += len(recs)
             if bar is not None:
                 bar.update(len(recs))
@@ -175,18 +249,19 @@ def _embed_all(store: FeatureStore, encoder: LayerEncoder, to_embed, report: Ind
 
 def _update_compressed(out: Path, spec: str | None, sample: int, progress: bool):
     """Build the PCA candidate index when asked, and keep an existing one in step with the store."""
-    import json
-
-    from .compress import COMPRESSED_DIR, build_compressed, parse_spec
+    from .compress import build_compressed, is_current, parse_spec, read_manifest
     from .index import ShapeIndex
 
-    manifest = out / COMPRESSED_DIR / "manifest.json"
-    if spec is None and manifest.exists():
-        old = json.loads(manifest.read_text())
-        spec, sample = old["spec"], int(old.get("sample", sample))
     if spec is None:
-        return
+        try:
+            old = read_manifest(out)
+        except StoreError:
+            old = None
+        if old is None or "spec" not in old:
+            return
+        spec, sample = old["spec"], int(old.get("sample", sample))
     parse_spec(spec)
     with ShapeIndex(out, gpu="never") as si:
+        if spec is not None and is_current(si) and read_manifest(out).get("spec") == spec:
+            return
         build_compressed(si, spec, sample=sample, progress=progress)
-

@@ -14,7 +14,7 @@ import numpy as np
 
 from .encoder import EncoderSpec, LayerEncoder, describe_mismatch, fingerprint_matches
 from .errors import CvretError, EncoderError
-from .distance import exact_mean_sq
+from .distance import candidate_count
 from .index import ShapeIndex
 
 
@@ -151,26 +151,28 @@ class QueryEngine:
                                          count=len(rows)))
             count[positions[-1]] += 1
         lacking = int((count < len(names)).sum())
-        if self.mode == "compressed":
-            # rank shapes on code-space distances, then compute the exact distances of the best candidates
-            cs = self.index.compressed()
-            approx = np.zeros(n_shapes)
-            for i, vp in enumerate(names):
-                approx[positions[i]] += cs.approximate_distances(domain, vp, feats[i][None, :])[0]
-            approx[count < len(names)] = np.inf
-            keep = np.argsort(approx, kind="stable")[: max(k, self.candidates or max(100, 10 * k))]
-            keep = keep[np.isfinite(approx[keep])]
-            for i, vp in enumerate(names):
-                rows = np.array([self.index.row_of(domain, self.index.shapes[s], vp) for s in keep], dtype=np.int64)
-                d = exact_mean_sq(np.asarray(feats[i], dtype=np.float32), self.index.store.read_features(rows))
-                total[keep] += d
-                per_view[i, keep] = d
-            count[np.setdiff1d(np.arange(n_shapes), keep)] = 0  # not candidates: left out of the ranking
-        else:
-            for i, vp in enumerate(names):
-                d, _ = self.index.distances_to_all(domain, vp, feats[i][None, :])
-                total[positions[i]] += d[0]
-                per_view[i, positions[i]] = d[0]
+        # approximate means over all shapes (code-space for compressed, direct sums for exact) pick the
+        # candidates; their exact distances (one definition, index.exact_distances) decide the ranking
+        approx = np.zeros(n_shapes)
+        for i, vp in enumerate(names):
+            q = np.asarray(feats[i], dtype=np.float32)[None, :]
+            if self.mode == "compressed":
+                a = self.index.compressed().approximate_distances(domain, vp, q)[0]
+            else:
+                a, _ = self.index.distances_to_all(domain, vp, q)
+                a = a[0]
+            approx[positions[i]] += a
+        approx[count < len(names)] = np.inf
+        n_keep = max(k, self.candidates or max(100, 10 * k)) if self.mode == "compressed" else \
+            candidate_count(k, n_shapes)
+        keep = np.argsort(approx, kind="stable")[:n_keep]
+        keep = keep[np.isfinite(approx[keep])]
+        for i, vp in enumerate(names):
+            rows = np.array([self.index.row_of(domain, self.index.shapes[s], vp) for s in keep], dtype=np.int64)
+            d = self.index.exact_distances(domain, vp, np.asarray(feats[i], dtype=np.float32), rows)
+            total[keep] += d
+            per_view[i, keep] = d
+        count[np.setdiff1d(np.arange(n_shapes), keep)] = 0  # not candidates: left out of the ranking
         complete = count == len(names)
         mean = np.where(complete, total / np.maximum(count, 1), np.inf)
         order = np.lexsort((np.arange(len(mean)), mean))
@@ -184,5 +186,19 @@ class QueryEngine:
         return hits, lacking
 
 
-def open_engine(index_dir: Path | str, gpu: str = "auto", **encoder_options) -> QueryEngine:
+def open_engine(index_dir: Path | str, gpu: str = "auto", ray: str | None = None, **encoder_options) -> QueryEngine:
+    """`ray`: search a sharded index through one Ray actor per shard (`cluster.py`) at that address."""
+    if ray is not None:
+        from .shards import ShardedIndex, is_sharded
+
+        if not is_sharded(index_dir):
+            raise CvretError(f"{index_dir}: --ray searches a sharded index (built with --shards K)")
+        return QueryEngine(ShardedIndex(index_dir, ray=ray), **encoder_options)
     return QueryEngine(ShapeIndex(index_dir, gpu=gpu), **encoder_options)
+
+
+def query_result(engine: QueryEngine, index: str, query: dict, domain: str, hits: list[Hit],
+                 excluded: int = 0) -> dict:
+    """One ranking as JSON data: what `cvret query --json` prints and `cvret serve` answers, built in one place."""
+    return {"query": query, "index": index, "domain": domain, "weights": engine.index.fingerprint.get("weights"),
+            "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]}

@@ -2,17 +2,20 @@
 
 A viewpoint is a name plus an azimuth and an elevation in degrees. The defaults are the
 seed paper's three azimuths (0°, 30°, 75°) at the renderer's default elevation of 10°.
-Axis convention (also written into every dataset.json): +Y is up, azimuth 0° puts the
-camera on the +Z axis looking at the origin (the front of a ShapeNet chair), and positive
-azimuths turn the camera counter-clockwise seen from above (towards +X).
+Axis convention (also written into every dataset.json): azimuth 0° puts the camera on the
+object's front side (the renderer turns each mesh file from its convention, default ShapeNet
+v2's front −Z / up +Y, so that the front faces the az000 camera), and increasing azimuths move
+the camera round towards the object's left (counter-clockwise seen from above) unless the
+render's azimuth sign is −1.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 AXIS_CONVENTION = (
-    "+Y up; azimuth 0 deg = camera on +Z looking at the origin (front of a ShapeNet chair); "
-    "azimuth grows counter-clockwise seen from above (towards +X); elevation lifts the camera above the XZ plane"
+    "azimuth 0 deg = camera on the object's front side (mesh files read as ShapeNet v2: front -Z, up +Y, "
+    "unless the render section says otherwise); increasing azimuth moves the camera round towards the "
+    "object's left (counter-clockwise seen from above); elevation lifts the camera above the ground plane"
 )
 DEFAULT_ELEVATION = 10.0
 DEFAULT_AZIMUTHS = (0.0, 30.0, 75.0)

@@ -289,10 +289,10 @@ def section_encode(ctx: Ctx) -> dict:
 def ranking_agreement(idx_a: Path, idx_b: Path, qdom: str = "sketch", gdom: str = "npr", k: int = 10) -> dict:
     """Top-1 agreement / top-k overlap of exact rankings from two indexes of the same views (a = reference)."""
     from retrieval.distance import exact_mean_sq
-    from retrieval.store import STORE_FILE, FeatureStore
+    from retrieval.store import FeatureStore
 
     def load(folder):
-        with FeatureStore(folder / STORE_FILE, "r") as st:
+        with FeatureStore(folder) as st:
             lk = st.lookup()
             keys = sorted(lk)
             feats = st.read_features([lk[key].row for key in keys])
@@ -502,10 +502,10 @@ def section_search(ctx: Ctx) -> dict:
         eng = QueryEngine(si)
         q = np.maximum(rng.standard_normal(D_LAYER3, dtype=np.float32), 0)
         for vp in vps:
-            si.faiss_index("npr", vp.name)  # load outside the timings
+            si.vectors("npr", vp.name)  # load outside the timings
         X0 = si.vectors("npr", vps[0].name)
-        st1 = stream_seconds(X0, repeat=rep)
-        st_all = sum(stream_seconds(si.vectors("npr", vp.name), repeat=rep)["stream_s"] for vp in vps)
+        st1 = bl.stream_bytes_seconds(X0, repeat=rep)
+        st_all = sum(bl.stream_bytes_seconds(si.vectors("npr", vp.name), repeat=rep)["stream_s"] for vp in vps)
         t_one = best_of(lambda: si.search("npr", vps[0].name, q[None, :], 10), rep)
         t_pv = best_of(lambda: eng.query_features(q, domain="npr", k=10), rep)
         t_agg = best_of(lambda: eng.query_views({vp.name: q for vp in vps}, domain="npr", k=10), rep)
@@ -530,12 +530,10 @@ def section_search(ctx: Ctx) -> dict:
         with ShapeIndex(dfolder, gpu="never") as si:
             enc = get_encoder(ctx, "bf16")
             eng = QueryEngine(si, encoder=enc)
-            sk = [si.record(r) for r in sorted(si._records) if si.record(r).domain == "sketch"][0]
+            sk = [r for r in si.store.records() if r.domain == "sketch"][0]
             feat = si.store.read_features([sk.row])[0]
-            for vp in si.viewpoint_names("npr"):
-                si.faiss_index("npr", vp)
             nv = sum(len(si.rows("npr", vp)) for vp in si.viewpoint_names("npr"))
-            st_all = sum(stream_seconds(si.vectors("npr", vp), repeat=rep)["stream_s"]
+            st_all = sum(bl.stream_bytes_seconds(si.vectors("npr", vp), repeat=rep)["stream_s"]
                          for vp in si.viewpoint_names("npr"))
             t_pv = best_of(lambda: eng.query_features(feat, domain="npr", k=10), rep)
             img = load_image(sk.path)
@@ -551,8 +549,8 @@ def section_search(ctx: Ctx) -> dict:
         print(f"   (demo index query skipped: {e})")
     ctx.show("search: the real ShapeIndex / QueryEngine path (exact, k=10, best of %d)" % rep,
              ["path", "ms", "stream ms", "x stream", "us per view"], real_rows,
-             ["synthetic random features in a real index folder (float16 store, float32 FAISS); "
-              "stream = the same float32 vectors read once"])
+             ["synthetic random features in a real index folder (float16 segments, held once in memory); "
+              "stream = the same float16 bytes read once"])
     return res
 
 
@@ -583,13 +581,13 @@ def section_scale(ctx: Ctx) -> dict:
     res: dict = {"memory_budget_gb": budget / 2**30, "exact": {}, "compressed": {}}
     store = None
     if comp is not None:
-        from retrieval.store import STORE_FILE, FeatureStore
+        from retrieval.store import FeatureStore
         from retrieval.viewpoints import DEFAULT_VIEWPOINTS
 
         # candidates are re-ranked from a real float16 feature store, as ShapeIndex.search(mode='compressed') does
         sfolder = ctx.tmp / "scale_store"
         bl.make_synthetic_index(sfolder, 160 if ctx.quick else 512, list(DEFAULT_VIEWPOINTS)[:1], seed=11)
-        store = FeatureStore(sfolder / STORE_FILE, "r")
+        store = FeatureStore(sfolder)
         t = time.perf_counter()
         pca = comp.PCACompressor.fit(store.read_features(np.arange(min(256, store.n_views))), rank)
         res["compressed_fit_s"] = time.perf_counter() - t
@@ -734,7 +732,7 @@ def section_compressed(ctx: Ctx) -> dict:
     with ShapeIndex(folder, gpu="never") as si:
         eng = QueryEngine(si)
         vps = si.viewpoint_names("npr")
-        sk = [si.record(r) for r in sorted(si._records) if si.record(r).domain == "sketch"]
+        sk = [r for r in si.store.records() if r.domain == "sketch"]
         Q = si.store.read_features([r.row for r in sk])
         gallery = sum(len(si.rows("npr", vp)) for vp in vps)
         # view-aggregated queries: all sketch views of one shape

@@ -41,6 +41,16 @@ def stream_seconds(X: np.ndarray, repeat: int = 5) -> dict:
             "GB_per_s": X.nbytes / t / 1e9}
 
 
+def stream_bytes_seconds(arrays, repeat: int = 5) -> dict:
+    """Time to read every byte of the given arrays once, whatever their dtype (an integer reduction over
+    the raw bytes, which numpy vectorises at memory speed); for float16 rows this is the bound of a scan."""
+    arrays = [a for a in (arrays.parts if hasattr(arrays, "parts") else [arrays])]
+    views = [np.ascontiguousarray(a).reshape(-1).view(np.uint64) for a in arrays]
+    t = best_of(lambda: [np.add.reduce(v) for v in views], repeat)
+    n = sum(a.nbytes for a in arrays)
+    return {"stream_s": t, "bytes": int(n), "GB_per_s": n / t / 1e9}
+
+
 # ------------------------------------------------------------------ printing
 
 def fmt(x, digits: int = 3) -> str:
@@ -199,13 +209,12 @@ def random_features(n: int, d: int = D_LAYER3, seed: int = 0) -> np.ndarray:
 
 def make_synthetic_index(folder: Path, n_shapes: int, viewpoints, d: int = D_LAYER3, seed: int = 0,
                          domain: str = "npr") -> Path:
-    """A real cvret index folder (feature store + FAISS files) holding random features.
+    """A real cvret index folder (manifest + feature segments) holding random features.
 
     `viewpoints` is a list of retrieval.viewpoints.Viewpoint; one view per (shape, viewpoint).
     """
     from retrieval.encoder import PREPROCESS_VERSION
-    from retrieval.index import write_indexes
-    from retrieval.store import STORE_FILE, FeatureStore
+    from retrieval.store import IndexWriter
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +222,7 @@ def make_synthetic_index(folder: Path, n_shapes: int, viewpoints, d: int = D_LAY
           "preprocess": PREPROCESS_VERSION, "feature_shape": [1024, 14, 14], "precision": "fp32",
           "feature_dtype": "float16"}
     rng = np.random.default_rng(seed)
-    store = FeatureStore.create(folder / STORE_FILE, fp, d, "float16")
+    store = IndexWriter(folder, fingerprint=fp, feature_dim=d, feature_dtype="float16", commit_views=128)
     try:
         for vp in viewpoints:
             for s in range(0, n_shapes, 128):
@@ -221,12 +230,11 @@ def make_synthetic_index(folder: Path, n_shapes: int, viewpoints, d: int = D_LAY
                 feats = np.maximum(rng.standard_normal((e - s, d), dtype=np.float32), 0)
                 recs = [(domain, f"synth_{i:06d}", vp.name, f"/synthetic/{i:06d}/{vp.name}.png",
                          f"synthetic-{vp.name}-{i}") for i in range(s, e)]
-                store.append(recs, feats)
+                store.add(recs, feats)
         store.set_dataset_info(list(viewpoints), {f"synth_{i:06d}": "synthetic" for i in range(n_shapes)}, [],
                                "synthetic random features (scripts/bench.py)")
     finally:
         store.close()
-    write_indexes(folder)
     return folder
 
 

@@ -62,7 +62,8 @@ def main():
     from retrieval.dataset import discover
     from retrieval.encoder import EncoderSpec, LayerEncoder
     from retrieval.images import load_image, preprocess_array
-    from retrieval.index import ShapeIndex, gpu_available
+    from retrieval.candidates import faiss_gpu_count
+    from retrieval.index import ShapeIndex
     from retrieval.indexer import build_index
     from retrieval.search import QueryEngine
     from retrieval.studies import evaluate, headline_rows
@@ -74,7 +75,7 @@ def main():
     dev = args.device
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(), "torch": torch.__version__,
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "cpu_threads": torch.get_num_threads(), "faiss_gpu": gpu_available(), "weights": "untrained:seed=0"}
+           "cpu_threads": torch.get_num_threads(), "faiss_gpu": faiss_gpu_count() > 0, "weights": "untrained:seed=0"}
     try:
         import faiss
         res["faiss"] = faiss.__version__

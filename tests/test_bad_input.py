@@ -177,26 +177,36 @@ def test_query_image_errors(index32, tmp_path):
     one_line_error(run_cli(["query", bad, "--index", tmp_path / "noindex"], ok=False), "noindex", "does not exist")
 
 
-def test_corrupted_meta_h5(dataset, index32, tmp_path):
+def test_damaged_manifest(dataset, index32, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(index32, broken)
-    data = (broken / "meta.h5").read_bytes()
-    (broken / "meta.h5").write_bytes(data[:4096])  # truncated
-    one_line_error(run_cli(["info", broken], ok=False), "meta.h5", "corrupted")
+    (broken / "manifest.prev.json").unlink(missing_ok=True)
+    data = (broken / "manifest.json").read_bytes()
+    (broken / "manifest.json").write_bytes(data[:4096])  # truncated
+    one_line_error(run_cli(["info", broken], ok=False), "manifest.json", "damaged manifest")
     one_line_error(run_cli(["query", dataset / "npr" / "shape00" / "az000.png", "--index", broken], ok=False),
-                   "meta.h5")
-    # indexing into it refuses rather than silently replacing what is there
+                   "manifest.json")
+    # a one-generation index has no previous manifest to restore: updating it refuses rather than replacing it
     res = run_cli(["index", dataset, "--out", broken, *UNTRAINED, "--quiet"], ok=False)
-    one_line_error(res, "meta.h5", "--overwrite")
-    assert (broken / "meta.h5").stat().st_size == 4096
+    one_line_error(res, "manifest.json", "--overwrite")
+    assert (broken / "manifest.json").stat().st_size == 4096
     garbage = tmp_path / "garbage"
     garbage.mkdir()
-    (garbage / "meta.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    one_line_error(run_cli(["info", garbage], ok=False), "meta.h5")
+    (garbage / "manifest.json").write_bytes(b"{}")
+    one_line_error(run_cli(["info", garbage], ok=False), "manifest.json")
     # --overwrite starts again
     run_cli(["index", dataset, "--out", broken, *UNTRAINED, "--quiet", "--overwrite", "--domains", "npr"])
     with ShapeIndex(broken, gpu="never") as si:
         assert si.domains == ["npr"]
+    # with a previous generation beside it, `cvret index` restores it and carries on
+    repair = tmp_path / "repair"
+    shutil.copytree(index32, repair)
+    shutil.copy(repair / "manifest.json", repair / "manifest.prev.json")
+    (repair / "manifest.json").write_bytes(data[:4096])
+    res = run_cli(["index", dataset, "--out", repair, *UNTRAINED, "--quiet", "--precision", "fp32",
+                   "--feature-dtype", "float32"])
+    assert "restored generation" in res.output and "0 embedded" in res.output
+    assert run_cli(["verify", repair, "--quiet"]).exit_code == 0
 
 
 def test_bad_query_options(index32, dataset):

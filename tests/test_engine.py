@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 
@@ -108,7 +107,7 @@ def test_float16_store_and_resume_without_reembedding(dataset, tmp_path, monkeyp
     monkeypatch.setattr(encmod.LayerEncoder, "encode_arrays", failing)
     res = run_cli(["index", dataset, "--out", out, *UNTRAINED, "--batch-size", "8", "--quiet"], ok=False)
     assert res.exit_code == 130 and "resume" in res.output
-    with FeatureStore(out / "meta.h5") as st:
+    with FeatureStore(out) as st:
         assert st.n_views == 16  # two committed batches of 8
         assert st.feature_dtype == "float16"
     seen = {"n": 0}
@@ -205,19 +204,21 @@ def test_layer_option_shapes(tmp_path):
     assert enc.feature_shape == (512, 28, 28)
 
 
-def test_store_truncated_rows_are_recovered(dataset, tmp_path):
+def test_crash_leftovers_are_collected(dataset, tmp_path):
+    """A killed writer leaves a temporary segment and a renamed but uncommitted one: readers ignore both,
+    and the next writer removes them without re-embedding anything."""
     out = tmp_path / "rec"
     data = make_dataset(tmp_path / "d", n_shapes=2, domains=("npr",))
     run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet"])
-    with h5py.File(out / "meta.h5", "r+") as h5:  # simulate a crash after writing rows, before the commit
-        n = h5.attrs["n_views"]
-        h5["features"].resize(n + 2, axis=0)
-        for c in h5["views"]:
-            h5["views"][c].resize(n + 2, axis=0)
+    segs = out / "segments"
+    committed = sorted(p.name for p in segs.iterdir())
+    (segs / "seg-000009-deadbeef.seg").write_bytes(b"\0" * 1000)          # renamed, never committed
+    (segs / "seg-000010-cafe.tmp-123-abcd.seg").write_bytes(b"\0" * 10)   # still under its temporary name
     with ShapeIndex(out, gpu="never") as si:
         assert len(si.shapes) == 2
     rep = json.loads(run_cli(["index", data, "--out", out, *UNTRAINED, "--quiet", "--json"]).stdout)
-    assert rep["recovered_rows"] == 2 and rep["embedded"] == 0
+    assert rep["embedded"] == 0 and rep["unchanged"] == 6
+    assert sorted(p.name for p in segs.iterdir()) == committed
 
 
 def test_prune_drops_views_gone_from_disk(tmp_path):

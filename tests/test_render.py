@@ -16,7 +16,10 @@ from retrieval.render import (Camera, PreparedMesh, RenderSettings, draw_strokes
                               render_views, visible_strokes)
 from retrieval.viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 
-S = RenderSettings()
+# The meshes below are built in the cameras' own frame (front +Z, up +Y), so these geometric
+# checks read them that way; the file conventions are tested in test_orientation.py. Their grey
+# thresholds are for the flat tone (both tones ink the same pixels: test_line_tone.py).
+S = RenderSettings(front="+z", up="+y", line_tone="flat")
 VP30 = DEFAULT_VIEWPOINTS[1]
 
 
@@ -171,7 +174,8 @@ def test_deterministic_and_shapes_of_outputs():
     sb = visible_strokes(mesh, VP30, S)
     assert [s.kind for s in sa] == [s.kind for s in sb]
     assert all(np.array_equal(x.points, y.points) for x, y in zip(sa, sb))
-    assert S.fingerprint() == RenderSettings().fingerprint() != small.fingerprint()
+    assert RenderSettings(size=224).fingerprint() == RenderSettings().fingerprint() != small.fingerprint()
+    assert S.fingerprint() != RenderSettings().fingerprint()  # the orientation is part of the fingerprint
     # render functions normalise: scale and position of the input do not matter
     moved = mesh.copy()
     moved.apply_scale(7.0)

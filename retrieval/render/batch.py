@@ -22,12 +22,13 @@ from pathlib import Path
 import trimesh
 from tqdm import tqdm
 
-from ..dataset import write_dataset_json
-from ..errors import CvretError
-from ..viewpoints import AXIS_CONVENTION, DEFAULT_VIEWPOINTS, Viewpoint
+from ..dataset import DATASET_JSON, write_dataset_json
+from ..errors import ConfigError, CvretError
+from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .camera import RENDERER_VERSION, RenderSettings
 from .mesh import MESH_EXTENSIONS, PreparedMesh, load_mesh, mesh_signature, prepare
 from .npr import draw_strokes, visible_strokes
+from .orientation import LEGACY_ORIENTATION
 from .rgb import cast_view, shade
 
 DOMAINS = ("npr", "rgb")
@@ -144,6 +145,29 @@ def views_fingerprint(settings: RenderSettings, viewpoints) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def check_orientation(out_dir, settings: RenderSettings) -> None:
+    """Refuse to render into a dataset whose views were made under another orientation convention.
+
+    Views of one dataset must agree on where az000 is; a folder rendered before conventions were
+    recorded counts as front +Z, up +Y (what cvret did then)."""
+    path = Path(out_dir) / DATASET_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    render = meta.get("render") if isinstance(meta, dict) else None
+    if not isinstance(render, dict):
+        return
+    old = render.get("orientation") or LEGACY_ORIENTATION
+    new = settings.orientation()
+    keys = ("front", "up", "azimuth_sign")
+    if any(old.get(k) != new[k] for k in keys):
+        def text(o):
+            return f"front {o.get('front')}, up {o.get('up')}, azimuth sign {o.get('azimuth_sign'):+d}"
+        raise ConfigError(f"{path}: this dataset was rendered with {text(old)}; this run asks for {text(new)} "
+                          "(one dataset cannot mix conventions: render into another --out folder)")
+
+
 def _record_path(out_dir: Path, shape_id: str) -> Path:
     return out_dir / RECORD_DIR / f"{shape_id}.json"
 
@@ -218,6 +242,7 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
     out_dir = Path(out_dir)
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
+    check_orientation(out_dir, settings)
     sid = _safe(str(shape_id))
     fp = views_fingerprint(settings, viewpoints)
     sig = "mesh:" + mesh_signature(mesh)
@@ -229,7 +254,8 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
     if write_json:
         write_dataset_json(out_dir, viewpoints, categories,
                            source=_source_note(["<in-memory meshes>"], settings),
-                           extra=_render_meta(settings, domains, fp))
+                           extra=_render_meta(settings, domains, fp),
+                           axis_convention=settings.orientation()["description"])
     return status
 
 
@@ -253,23 +279,32 @@ def _job(path: str, shape_id: str, out_dir: str, viewpoints, settings, domains, 
 
 def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
                    settings: RenderSettings = RenderSettings(), domains=DOMAINS, workers: int | None = None,
-                   progress: bool = True, categories=None, force: bool = False) -> RenderReport:
+                   progress: bool = True, categories=None, force: bool = False, shape_files=None,
+                   viewpoints_for: dict | None = None) -> RenderReport:
     """Render mesh files (a file, a folder searched recursively, or a list) into a cvret dataset.
 
     Parallel over meshes (`workers` processes, default min(cpu, 4); 1 runs inline), resumable
     (shapes up to date are skipped unless `force`), and a mesh that fails is reported in
     `RenderReport.failed` with its path and reason while the others are rendered. Writes
     dataset.json with the viewpoints, categories, axis convention and render settings.
+    `shape_files`: (path, shape id) pairs chosen by a preset instead of scanning `sources`;
+    `viewpoints_for`: {shape id: [Viewpoint]} to render some shapes at their own viewpoints
+    (a sketch's camera) instead of `viewpoints`.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
+    viewpoints_for = {str(k): list(v) for k, v in (viewpoints_for or {}).items()}
+    check_orientation(out_dir, settings)
     report = RenderReport(out_dir)
-    files = find_mesh_files(sources)
-    fp = views_fingerprint(settings, viewpoints)
+    files = [(Path(p), str(s)) for p, s in shape_files] if shape_files is not None else find_mesh_files(sources)
+    all_vps = {}
     jobs = []
     for path, sid in files:
+        vps = viewpoints_for.get(sid, viewpoints)
+        all_vps.update({vp.name: vp for vp in vps})
+        fp = views_fingerprint(settings, vps)
         try:
             sig = file_signature(path)
         except OSError as e:
@@ -277,9 +312,9 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
                    else f"cannot read mesh file ({e.strerror or e})")
             report.failed.append((str(path), f"{path}: {why}"))
             continue
-        todo = list(domains) if force else _todo_domains(out_dir, sid, viewpoints, domains, fp, sig)
+        todo = list(domains) if force else _todo_domains(out_dir, sid, vps, domains, fp, sig)
         if todo:
-            jobs.append((str(path), sid, str(out_dir), viewpoints, settings, tuple(todo), sig, fp))
+            jobs.append((str(path), sid, str(out_dir), vps, settings, tuple(todo), sig, fp))
         else:
             report.skipped.append(sid)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,8 +354,11 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
     report.rendered.sort(key=order.get)
     report.failed.sort(key=lambda f: f[0])
     srcs = [str(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
-    write_dataset_json(out_dir, viewpoints, categories, source=_source_note(srcs, settings),
-                       extra=_render_meta(settings, domains, fp, failed=report.failed))
+    declared = (list(all_vps.values()) or viewpoints) if viewpoints_for else viewpoints
+    write_dataset_json(out_dir, declared, categories, source=_source_note(srcs, settings),
+                       extra=_render_meta(settings, domains, views_fingerprint(settings, viewpoints),
+                                          failed=report.failed),
+                       axis_convention=settings.orientation()["description"])
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -328,16 +366,18 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
 def _source_note(sources: list[str], settings: RenderSettings) -> str:
     src = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
     return (f"rendered by cvret (Embree ray casting; Freestyle-like NPR lines: silhouette, border, crease "
-            f"{settings.crease_angle} deg; Lambert RGB) from {src}; {settings.size}px, mesh bbox centred and "
+            f"{settings.crease_angle} deg, {settings.line_tone} line tone; Lambert RGB) from {src}; "
+            f"{settings.size}px, mesh bbox centred and "
             f"scaled to half-diagonal {settings.half_diagonal}, "
             f"camera at distance {settings.camera_distance}, "
-            f"{settings.focal_mm}mm lens on {settings.sensor_mm}mm sensor; axis: {AXIS_CONVENTION}")
+            f"{settings.focal_mm}mm lens on {settings.sensor_mm}mm sensor; "
+            f"axis: {settings.orientation()['description']}")
 
 
 def _render_meta(settings: RenderSettings, domains, fp: str, failed=None) -> dict:
     meta = {"settings": settings.to_dict(), "settings_fingerprint": settings.fingerprint(),
             "views_fingerprint": fp, "renderer_version": RENDERER_VERSION, "domains": list(domains),
-            "axis_convention": AXIS_CONVENTION}
+            "orientation": settings.orientation()}
     if failed is not None:
         meta["failed"] = [{"path": p, "error": m} for p, m in failed]
     return {"render": meta}

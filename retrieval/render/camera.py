@@ -15,10 +15,14 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..viewpoints import Viewpoint
+from .orientation import CONVENTIONS, DEFAULT_CONVENTION, check_axis
+
+LINE_TONES = ("freestyle", "flat")
 
 # Bump when a code change alters pixels, so that resumed runs re-render old outputs.
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"  # 2: mesh files turned from their convention (front/up) before rendering
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class RenderSettings:
     normalize: bool = True             # centre + scale the mesh before rendering (idempotent)
     crease_angle: float = 134.43       # Freestyle's: crease where the dihedral angle is below this
     line_width: float = 1.25           # stroke width, output pixels
+    line_tone: str = "freestyle"       # freestyle: coverage in linear light, stored sRGB; flat: 8-bit box filter
     piece_length: float = 0.5          # hidden-line test granularity along an edge, output pixels
     depth_tolerance: float = 2e-3      # occlusion slack, world units at half_diagonal 0.56 (scaled)
     min_stroke_length: float = 0.75    # drop visible specks shorter than this, output pixels
@@ -42,6 +47,9 @@ class RenderSettings:
     ambient: float = 0.35              # RGB shading: ambient term
     diffuse: float = 0.65              # RGB shading: Lambert term of the key light
     light_dir: tuple = (-0.45, 0.6, 0.66)   # key light in camera space (x right, y up, z to viewer)
+    front: str = CONVENTIONS[DEFAULT_CONVENTION][0]  # the object's front in the mesh file (shapenet-v2: -z)
+    up: str = CONVENTIONS[DEFAULT_CONVENTION][1]     # the object's up in the mesh file (+y)
+    azimuth_sign: int = 1              # +1: increasing azimuth goes round to the object's left; -1: its right
 
     def __post_init__(self):
         if int(self.size) < 8:
@@ -56,6 +64,16 @@ class RenderSettings:
             raise ValueError(f"crease_angle must be in (0, 180], got {self.crease_angle}")
         if float(self.line_width) < 0:
             raise ValueError(f"line_width must be >= 0, got {self.line_width}")
+        object.__setattr__(self, "front", check_axis(self.front, "front"))
+        object.__setattr__(self, "up", check_axis(self.up, "up"))
+        if self.front[1] == self.up[1]:
+            raise ConfigError(f"--front {self.front} and --up {self.up} are on the same axis; "
+                              "they must be perpendicular")
+        if self.line_tone not in LINE_TONES:
+            raise ConfigError(f"--line-tone {self.line_tone!r}: unknown; choose from {', '.join(LINE_TONES)}")
+        if self.azimuth_sign not in (1, -1):
+            raise ConfigError(f"--azimuth-sign must be +1 or -1, got {self.azimuth_sign}")
+        object.__setattr__(self, "azimuth_sign", int(self.azimuth_sign))
         # tuples stay tuples (a list would make the dataclass unhashable)
         object.__setattr__(self, "base_color", tuple(float(c) for c in self.base_color))
         object.__setattr__(self, "light_dir", tuple(float(c) for c in self.light_dir))
@@ -68,6 +86,14 @@ class RenderSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def orientation(self) -> dict:
+        """The file convention and azimuth direction, as recorded in dataset.json."""
+        from .orientation import convention_name, describe
+
+        return {"convention": convention_name(self.front, self.up), "front": self.front, "up": self.up,
+                "azimuth_sign": self.azimuth_sign,
+                "description": describe(self.front, self.up, self.azimuth_sign)}
+
     def fingerprint(self) -> str:
         """Short stable hash of every setting plus the renderer version (used to resume runs)."""
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -78,7 +104,10 @@ class RenderSettings:
 
 @dataclass(frozen=True)
 class Camera:
-    """Pinhole camera looking at the origin with +Y up; image x right, y down, in pixels."""
+    """Pinhole camera looking at the origin with +Y up; image x right, y down, in pixels.
+
+    Works in the oriented frame (the object's front on +Z, see orientation.py), so azimuth 0
+    is always the object's front; settings.azimuth_sign decides which way azimuths turn."""
 
     position: np.ndarray   # (3,) world
     right: np.ndarray      # (3,) world, image +x
@@ -90,8 +119,10 @@ class Camera:
     @classmethod
     def from_viewpoint(cls, viewpoint: Viewpoint, settings: RenderSettings,
                        size: int | None = None) -> "Camera":
-        """Camera of `viewpoint` (azimuth 0 on +Z, counter-clockwise from above towards +X)."""
-        az, el = math.radians(viewpoint.azimuth), math.radians(viewpoint.elevation)
+        """Camera of `viewpoint` (azimuth 0 on +Z; counter-clockwise from above, towards +X = the
+        object's left, or clockwise when settings.azimuth_sign is -1)."""
+        az = math.radians(settings.azimuth_sign * viewpoint.azimuth)
+        el = math.radians(viewpoint.elevation)
         d = settings.camera_distance
         pos = d * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
         fwd = -pos / np.linalg.norm(pos)

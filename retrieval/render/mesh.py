@@ -9,6 +9,7 @@ edges, its colours), so that several viewpoints and domains pay for them once.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +34,98 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _to_color(part: trimesh.Trimesh) -> trimesh.Trimesh:
-    """Bake textures/materials to vertex colours (RGB needs colours, not UV-mapped images)."""
+def _to_color(part: trimesh.Trimesh, texture: bool | None = None, obj_file: bool = False) -> bool:
+    """Bake textures/materials to colours in place (RGB needs colours, not UV-mapped images).
+
+    A texture image becomes vertex colours; a material without an image (an MTL with only Kd)
+    becomes its flat colour; a part whose texture file is missing, or with no colour at all, is
+    left uncoloured. `texture`: for OBJ files, whether the part's MTL names a texture image that
+    exists (True), one that is missing (False) or none (None); other formats: None, trimesh decides.
+    Returns whether the part now has colours."""
     vis = part.visual
-    if getattr(vis, "kind", None) == "texture":
+    kind = getattr(vis, "kind", None)
+    if texture is False:
+        part.visual = trimesh.visual.ColorVisuals(part)
+        return False
+    if kind == "texture":
+        mat = getattr(vis, "material", None)
+        if texture is None and obj_file:  # trimesh's 2x2 placeholder image for UVs without a texture
+            has_image = False
+        else:
+            has_image = any(getattr(mat, a, None) is not None for a in ("image", "baseColorTexture"))
+        baked = None
         try:
-            part.visual = vis.to_color()
+            baked = vis.to_color() if has_image else None
         except Exception:  # a broken texture must not cost the shape; it renders grey instead
-            part.visual = trimesh.visual.ColorVisuals(part)
-    return part
+            baked = None
+        if baked is not None and baked.kind is not None:
+            part.visual = baked
+            return True
+        main = _explicit_color(getattr(vis, "material", None))
+        if main is not None:
+            part.visual = trimesh.visual.ColorVisuals(
+                part, face_colors=np.tile(np.asarray(main, dtype=np.uint8)[:4], (len(part.faces), 1)))
+            return True
+        part.visual = trimesh.visual.ColorVisuals(part)
+        return False
+    return kind in ("face", "vertex")
+
+
+def _explicit_color(material):
+    """The flat colour a material states (MTL Kd, glTF baseColorFactor), None for trimesh's default."""
+    if material is None:
+        return None
+    if getattr(material, "baseColorFactor", None) is not None:
+        return material.main_color
+    kwargs = getattr(material, "kwargs", None) or {}
+    if any(k in kwargs for k in ("kd", "Kd", "diffuse")):
+        return material.main_color
+    return None
+
+
+def _material_name(part: trimesh.Trimesh) -> str | None:
+    mat = getattr(part.visual, "material", None)
+    return getattr(mat, "name", None)
+
+
+def _obj_textures(path: Path) -> dict[str, bool]:
+    """{material name: whether its texture image (map_Kd) is on disk} for an OBJ's MTL files.
+
+    trimesh drops a missing texture silently and keeps the material's flat Kd colour, which
+    would render a textured ShapeNet part in a colour its author never showed; such parts are
+    rendered like an uncoloured mesh instead (the settings' light grey)."""
+    missing: dict[str, bool] = {}
+    if path.suffix.lower() != ".obj":
+        return missing
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return missing
+    for lib in re.findall(r"^\s*mtllib\s+(.+?)\s*$", head, flags=re.MULTILINE):
+        mtl = path.parent / lib
+        try:
+            text = mtl.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        name = None
+        for line in text.splitlines():
+            tok = line.strip().split(None, 1)
+            if not tok:
+                continue
+            if tok[0] == "newmtl" and len(tok) > 1:
+                name = tok[1].strip()
+            elif tok[0] == "map_Kd" and len(tok) > 1 and name is not None:
+                image = tok[1].strip().split()[-1]  # options such as -s 1 1 come first
+                missing[name] = (mtl.parent / image).is_file()
+    return missing
 
 
 def load_mesh(path) -> trimesh.Trimesh:
     """Read any file trimesh reads as one triangle mesh (scene parts flattened with their transforms).
 
     Raises MeshError naming the file when it is missing, unreadable, has no triangles, or has
-    non-finite vertices. Textures are baked to vertex colours; nothing else is changed.
+    non-finite vertices. Textures are baked to vertex colours (a part whose texture file is missing
+is rendered the light grey of an uncoloured mesh); nothing else is changed.
     """
     path = Path(path)
     if not path.exists():
@@ -66,7 +143,16 @@ def load_mesh(path) -> trimesh.Trimesh:
         raise MeshError(f"{path}: cannot read mesh ({_first_line(e)})") from None
     if not parts:
         raise MeshError(f"{path}: no triangles (empty mesh or not a mesh file)")
-    parts = [_to_color(p) for p in parts]
+    textures = _obj_textures(path)
+    is_obj = path.suffix.lower() == ".obj"
+    coloured = [_to_color(p, textures.get(_material_name(p)), is_obj) for p in parts]
+    if any(coloured) and not all(coloured):
+        # uncoloured parts beside coloured ones get the uncoloured mesh's grey explicitly
+        # (trimesh would fill in its own darker default when concatenating)
+        grey = np.append(np.rint(np.asarray(RenderSettings().base_color) * 255), 255).astype(np.uint8)
+        for p, has in zip(parts, coloured):
+            if not has:
+                p.visual = trimesh.visual.ColorVisuals(p, face_colors=np.tile(grey, (len(p.faces), 1)))
     mesh = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise MeshError(f"{path}: no triangles (empty mesh or not a mesh file)")
@@ -130,8 +216,21 @@ def mesh_colors(mesh: trimesh.Trimesh):
     return None
 
 
+def orient_mesh(mesh: trimesh.Trimesh, settings: RenderSettings) -> trimesh.Trimesh:
+    """The mesh turned from its file's convention (settings.front/up) into the cameras' frame."""
+    from .orientation import rotation
+
+    if (settings.front, settings.up) == ("+z", "+y"):
+        return mesh
+    m = np.eye(4)
+    m[:3, :3] = rotation(settings.front, settings.up)
+    out = mesh.copy()
+    out.apply_transform(m)
+    return out
+
+
 class PreparedMesh:
-    """One shape ready for any number of views: normalised mesh, BVH, feature edges, colours."""
+    """One shape ready for any number of views: oriented and normalised mesh, BVH, feature edges, colours."""
 
     def __init__(self, mesh: trimesh.Trimesh, settings: RenderSettings):
         from .raycast import RayScene  # local: raycast imports nothing from here, keeps import order simple
@@ -139,6 +238,7 @@ class PreparedMesh:
         if not isinstance(mesh, trimesh.Trimesh):
             raise TypeError(f"expected a trimesh.Trimesh, got {type(mesh).__name__}")
         self.name = mesh_name(mesh)
+        mesh = orient_mesh(mesh, settings)
         self.mesh = normalize_mesh(mesh, settings.half_diagonal) if settings.normalize else mesh
         if not settings.normalize:  # still refuse what cannot be rendered
             normalize_mesh(mesh, settings.half_diagonal)

@@ -198,13 +198,38 @@ def _make_stroke(pts: list, kind: int, external: bool) -> Stroke:
     return Stroke(arr, KIND_NAMES[int(kind)], bool(external))
 
 
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """Linear light (0..1) to sRGB (0..1), the IEC 61966-2-1 curve Blender applies when saving PNGs."""
+    linear = np.clip(linear, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
+
+
+def coverage_to_grey(coverage: np.ndarray, tone: str) -> np.ndarray:
+    """8-bit grey of black ink covering `coverage` (0..1) of a white pixel.
+
+    'freestyle' composites in linear light and stores sRGB, as Blender Freestyle's PNGs do (a
+    half-covered pixel is 188, not 128), so partly covered edge pixels come out lighter;
+    'flat' averages 8-bit values (cvret's first look, darker lines). Fully covered and empty
+    pixels are the same in both, so the lines' geometry does not change."""
+    linear = 1.0 - np.asarray(coverage, dtype=np.float64)
+    out = srgb_encode(linear) if tone == "freestyle" else linear
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def mean_ink_grey(img, background: int = 255) -> float:
+    """Mean grey level of the pixels that carry any ink (darker than the background), NaN if none."""
+    a = np.asarray(img.convert("L") if hasattr(img, "convert") else img, dtype=np.float64)
+    ink = a[a < background]
+    return float(ink.mean()) if ink.size else float("nan")
+
+
 def draw_strokes(strokes: list[Stroke], settings: RenderSettings = RenderSettings(),
                  widths=None) -> Image.Image:
     """Black anti-aliased strokes on white, an 'L' image of settings.size pixels.
 
     `widths`: None (settings.line_width), one number, or one number per stroke, in output pixels.
-    Lines are drawn with round joins and caps at line_supersample times the size, then
-    box-filtered down.
+    Lines are drawn with round joins and caps at line_supersample times the size; the coverage
+    of each output pixel becomes a grey level by settings.line_tone (coverage_to_grey).
     """
     n, ss = int(settings.size), int(settings.line_supersample)
     if widths is None:
@@ -229,8 +254,8 @@ def draw_strokes(strokes: list[Stroke], settings: RenderSettings = RenderSetting
                 draw.ellipse([p[0] - r + 0.5, p[1] - r + 0.5, p[0] + r - 0.5, p[1] + r - 0.5], fill=0)
         elif len(pts) == 1:
             draw.point(tuple(pts[0]), fill=0)
-    arr = np.asarray(canvas, dtype=np.float32).reshape(n, ss, n, ss).mean(axis=(1, 3))
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    coverage = 1.0 - np.asarray(canvas, dtype=np.float64).reshape(n, ss, n, ss).mean(axis=(1, 3)) / 255.0
+    return Image.fromarray(coverage_to_grey(coverage, settings.line_tone), mode="L")
 
 
 def render_npr(mesh, viewpoint: Viewpoint, settings: RenderSettings = RenderSettings()) -> Image.Image:

@@ -5,9 +5,12 @@ with trimesh: boxes, rods, frusta, convex hulls and lathe (revolved) profiles. S
 category differ in the fine-grained ways sketch-based retrieval is about: leg styles, back
 styles, arms, proportions, tilt, number of parts...
 
-Conventions (those of :mod:`retrieval.viewpoints`): +Y is up, the floor is ``y = 0``, and the
-front of a chair (the side a person sits down from) faces +Z, as do the nose of an airplane and
-the long side of a table's front. Units are roughly metres; the renderer normalises the scale.
+Conventions: ShapeNetCore v2's, the renderer's default (``retrieval/render/orientation.py``):
++Y is up, the floor is ``y = 0``, and the front of a chair (the side a person sits down from)
+faces −Z, as do the nose of an airplane and the long side of a table's front, so that the demo
+data and real ShapeNet meshes render alike. (The builders work with the front on +Z and the
+finished mesh is turned half a turn about +Y.) Units are roughly metres; the renderer
+normalises the scale.
 
 A shape is a pure function of ``(category, index, seed)``: the random numbers come from a numpy
 Generator seeded with ``(seed, crc32(category), index)``, so ``generate_shape('chair', 7, 0)`` is
@@ -27,9 +30,10 @@ __all__ = [
     "generate_shape", "generate_shape_spec", "generate_shapes",
 ]
 
-GENERATOR_VERSION = "synth-shapes-1"  # bump when any builder changes its output
+GENERATOR_VERSION = "synth-shapes-2"  # bump when any builder changes its output (2: front -Z)
 
 _UP = np.array([0.0, 1.0, 0.0])
+_HALF_TURN_Y = np.diag([-1.0, 1.0, -1.0, 1.0])  # x -> -x, z -> -z: a proper rotation by 180 deg about +Y
 
 
 # --------------------------------------------------------------------------- primitives
@@ -684,6 +688,7 @@ def generate_shape_spec(category: str, index: int, seed: int = 0) -> ShapeSpec:
     mesh = trimesh.util.concatenate(parts)
     if category == "airplane":  # parked: lowest point on the floor like the other categories
         mesh.apply_translation([0.0, -float(mesh.vertices[:, 1].min()), 0.0])
+    mesh.apply_transform(_HALF_TURN_Y)  # builders face +Z; ShapeNet v2 (the default) faces -Z
     mesh.metadata["shape_id"] = shape_id(category, index)
     mesh.metadata["category"] = category
     if not (len(mesh.faces) and np.isfinite(mesh.vertices).all()):  # a builder bug, never user input
@@ -693,7 +698,7 @@ def generate_shape_spec(category: str, index: int, seed: int = 0) -> ShapeSpec:
 
 
 def generate_shape(category: str, index: int, seed: int = 0) -> trimesh.Trimesh:
-    """One procedural mesh, deterministic in (category, index, seed). +Y up, front towards +Z."""
+    """One procedural mesh, deterministic in (category, index, seed). +Y up, front towards -Z (ShapeNet v2)."""
     return generate_shape_spec(category, index, seed).mesh
 
 
