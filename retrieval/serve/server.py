@@ -76,8 +76,8 @@ def serve(index_dir: Path | str, host: str = "127.0.0.1", port: int = 8000, opti
                         f"weights {weights_id}); API docs at {url}docs; Ctrl-C stops")
                     if weights_id.startswith("untrained"):
                         say("note: untrained weights: rankings are random-feature similarities, not CLIP's")
-                    if open_browser:
-                        webbrowser.open(url)
+                    if open_browser:  # the page reads a token from the fragment, which is never sent to a server
+                        webbrowser.open(url + (f"#token={options.token}" if options.token else ""))
 
         caught: list[int] = []
         previous = {sig: signal.signal(sig, lambda s, f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
