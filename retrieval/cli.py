@@ -503,10 +503,12 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--preset", default=None, type=click.Choice(["amateursketch", "prosketch", "sketch2model", "shrec13",
                                                           "shrec14"]),
               help="the dataset's protocol: shrec13/shrec14 evaluate with --relevance category, the others with shape")
+@click.option("--trained-on", default=None,
+              help="comma-separated categories a fine-tuned encoder was trained on (marked in the per-category table)")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, relevance, preset, as_json,
-             quiet):
+def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, device, relevance, preset, trained_on,
+             as_json, quiet):
     """The seed's Study 1 and Study 2 as retrieval evaluations (or SHREC category metrics): report.json,
     report.md, CSVs, figures."""
     from . import gemm
@@ -536,7 +538,8 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
         else:
             report = evaluate(sources, out, pairs=pair_list, objects=objects, seed=seed,
                               study2_objects=study2_objects, progress=not quiet and not as_json,
-                              cvret_version=__version__, memory_mb=memory_mb, device=matmul_device)
+                              cvret_version=__version__, memory_mb=memory_mb, device=matmul_device,
+                              trained_on=[c.strip() for c in (trained_on or "").split(",") if c.strip()])
     finally:
         for s in sources:
             s.close()
@@ -545,6 +548,83 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
         return
     click.echo(category_table(report) if relevance == "category" else headline_table(report))
     click.echo(f"report: {Path(out) / 'report.md'}")
+
+
+def _csv(text: str | None) -> tuple:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+@main.command("finetune")
+@click.argument("dataset_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="weights file to write (a complete RN101 visual state dict); <out>.json gets the report")
+@click.option("--from", "base", default="openai", show_default=True, help="starting weights: " + WEIGHTS_HELP)
+@click.option("--weights-seed", type=int, default=0, show_default=True, help="seed of --from untrained")
+@click.option("--seed", type=int, default=0, show_default=True, help="split, batch order, sketch styles and seeds")
+@click.option("--train-categories", default=None, help="comma-separated categories to train on (others held out)")
+@click.option("--train-shapes", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="file with one training shape id per line (added to --train-categories)")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="fraction of the training shapes kept for validation")
+@click.option("--positives", default="npr", show_default=True, help="positive domains: npr or npr,rgb")
+@click.option("--real-sketches", is_flag=True, help="also use the dataset's sketches of training shapes as anchors")
+@click.option("--styles", default="0.15:0.9", show_default=True, help="synthetic sketch style range MIN:MAX in [0, 1]")
+@click.option("--loss", type=click.Choice(["infonce", "triplet"]), default="infonce", show_default=True)
+@click.option("--temperature", type=float, default=None, help="InfoNCE τ, absolute (default: 0.1 × each batch's mean negative distance)")
+@click.option("--margin", type=float, default=None, help="triplet margin, absolute (default: 0.1 × each batch's mean negative distance)")
+@click.option("--lr", type=float, default=1e-5, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--layer", type=click.Choice(["layer1", "layer2", "layer3", "layer4"]), default="layer3",
+              show_default=True, help="feature layer whose view distance is trained")
+@click.option("--train-stages", default="layer3", show_default=True,
+              help="comma-separated stages that learn (the rest, and every batch norm, stay frozen)")
+@click.option("--image-size", type=int, default=224, show_default=True,
+              help="training input size (224 = what cvret index uses; smaller only for quick tests)")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu or cuda (cuda trains with bf16 autocast; bit-exact resume is promised on CPU fp32)")
+@click.option("--no-amp", is_flag=True, help="full fp32 on CUDA too")
+@click.option("--resume", is_flag=True, help="continue after the last finished epoch (<out>.resume.pt)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def finetune_cmd(dataset_dir, out, base, weights_seed, seed, train_categories, train_shapes, val_fraction, positives,
+                 real_sketches, styles, loss, temperature, margin, lr, weight_decay, epochs, batch_size, layer,
+                 train_stages, image_size, device, no_amp, resume, as_json, quiet):
+    """Fine-tune the encoder contrastively on synthetic sketches of some categories (the paper's protocol)."""
+    from .dataset import discover
+    from .errors import ConfigError, DatasetError
+    from .finetune import FinetuneOptions, finetune
+
+    try:
+        lo, hi = (float(v) for v in styles.split(":"))
+    except ValueError:
+        raise ConfigError(f"--styles {styles!r}: expected MIN:MAX, e.g. 0.15:0.9") from None
+    shapes: tuple = ()
+    if train_shapes is not None:
+        try:
+            shapes = tuple(ln.strip() for ln in train_shapes.read_text(encoding="utf-8").splitlines() if ln.strip())
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{train_shapes}: cannot read the training shape list ({e})") from None
+        if not shapes:
+            raise DatasetError(f"{train_shapes}: no shape ids in the file")
+    opts = FinetuneOptions(base=base, weights_seed=weights_seed, seed=seed, layer=layer, image_size=image_size,
+                           train_categories=_csv(train_categories), train_shapes=shapes, val_fraction=val_fraction,
+                           positives=_csv(positives), real_sketches=real_sketches, style_min=lo, style_max=hi,
+                           loss=loss, temperature=temperature, margin=margin, lr=lr, weight_decay=weight_decay,
+                           epochs=epochs, batch_size=batch_size, train_stages=_csv(train_stages), device=device,
+                           amp=not no_amp)
+    opts.check()
+    if base == "untrained" and not as_json:
+        click.echo(f"note: starting from untrained RN101 weights (seed {weights_seed}); numbers are not the paper's",
+                   err=True)
+    ds = discover(dataset_dir)
+    res = finetune(ds, out, opts, resume=resume, progress=not quiet and not as_json,
+                   log=(lambda m: None) if as_json else click.echo)
+    if as_json:
+        click.echo(Path(res.report).read_text(encoding="utf-8"))
+    else:
+        click.echo(f"{res.weights}: fine-tuned weights ({res.seconds:.1f} s); report {res.report}")
 
 
 @main.command("demo")

@@ -72,8 +72,12 @@ class EncoderSpec:
                            preprocess=PREPROCESS_VERSION)
 
 
-def build_visual(spec: EncoderSpec) -> torch.nn.Module:
-    """The RN101 visual tower with the requested weights, cut after `spec.layer`."""
+def build_visual(spec: EncoderSpec, full: bool = False) -> torch.nn.Module:
+    """The RN101 visual tower with the requested weights, cut after `spec.layer`.
+
+    `full=True` keeps every module (and requires every tensor in a checkpoint): fine-tuning
+    writes complete visual state dicts, so it must start from one.
+    """
     if spec.layer not in LAYERS:
         raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
     if spec.model != MODEL_NAME:
@@ -82,7 +86,7 @@ def build_visual(spec: EncoderSpec) -> torch.nn.Module:
     visual = _new_visual_tower(spec)
     if checkpoint is not None:
         sd = read_state_dict(checkpoint)
-        needed = [k for k in visual.state_dict() if k.split(".")[0] in _modules_up_to(spec.layer)]
+        needed = [k for k in visual.state_dict() if full or k.split(".")[0] in _modules_up_to(spec.layer)]
         missing = [k for k in needed if k not in sd]
         if missing:
             raise EncoderError(f"{checkpoint}: not an RN101 visual checkpoint (missing {len(missing)} tensors, "
@@ -91,6 +95,8 @@ def build_visual(spec: EncoderSpec) -> torch.nn.Module:
             visual.load_state_dict({k: v for k, v in sd.items() if k in visual.state_dict()}, strict=False)
         except RuntimeError as e:
             raise EncoderError(f"{checkpoint}: tensors do not fit RN101 ({str(e).splitlines()[0][:160]})") from None
+    if full:
+        return visual.eval()
     # Drop what the feature never uses: no compute, no memory for layer4 / attention pool.
     keep = _modules_up_to(spec.layer)
     for name in list(dict(visual.named_children())):

@@ -36,12 +36,12 @@ from .common import (CI_KIND, CI_LEVEL, DEFAULT_MEMORY_MB, DEFAULT_PAIRS, KS, MI
 from .metrics import (category_metrics, ci_overlaps, joint_metrics, retrieval_metrics, t_interval, true_ranks,
                       view_distance_stats, view_retrieval)
 from .passes import PairPass, pair_pass, present_masks, shape_distance_matrix, view_distance_matrix
-from .report import Evaluation, evaluate, headline_rows, run_studies
+from .report import Evaluation, evaluate, headline_rows, per_category_comparison, run_studies
 from .writers import headline_table, report_markdown, write_report
 
 __all__ = [
     "CI_KIND", "CI_LEVEL", "DEFAULT_MEMORY_MB", "DEFAULT_PAIRS", "KS", "MISSING_VIEW_POLICY", "TIE_RULE",
-    "Evaluation", "FeatureSource", "PairPass", "category_metrics", "ci_overlaps", "evaluate", "headline_rows",
+    "Evaluation", "FeatureSource", "PairPass", "category_metrics", "ci_overlaps", "evaluate", "headline_rows", "per_category_comparison",
     "headline_table", "joint_metrics", "pair_pass", "present_masks", "report_markdown", "retrieval_metrics",
     "run_studies", "shape_distance_matrix", "t_interval", "true_ranks", "view_distance_matrix",
     "view_distance_stats", "view_retrieval", "write_report",

@@ -5,6 +5,8 @@ figure panels to write); `evaluate` adds the writing (`writers.write_report`) wh
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datetime as _dt
 import math
 import re
@@ -62,16 +64,18 @@ def _pair_key(i: str, j: str) -> str:
 
 def evaluate(sources, out_dir=None, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0,
              study2_objects: int = 100, progress: bool = True, cvret_version: str | None = None,
-             weights_note: str | None = None, *, memory_mb: float = DEFAULT_MEMORY_MB, device: str = "cpu") -> dict:
+             weights_note: str | None = None, *, memory_mb: float = DEFAULT_MEMORY_MB, device: str = "cpu",
+             trained_on: Sequence[str] = ()) -> dict:
     """Study 1, Study 2 and joint retrieval for every source and domain pair: the report dict.
 
     The numbers come from `run_studies` (no files); with `out_dir` the report is also written there
     by `write_report` (report.json, report.md, CSVs of every matrix, PNG figures). The dict is the
     content of report.json (+/-inf and NaN as None). `device` runs the matrix products (see `gemm`).
+    `trained_on`: categories a fine-tuned encoder was trained on, marked in the per-category comparison.
     """
     ev = run_studies(sources, pairs=pairs, objects=objects, seed=seed, study2_objects=study2_objects,
                      progress=progress, cvret_version=cvret_version, weights_note=weights_note,
-                     memory_mb=memory_mb, device=device)
+                     memory_mb=memory_mb, device=device, trained_on=trained_on)
     if out_dir is not None:
         from .writers import write_report
 
@@ -94,7 +98,8 @@ class Evaluation:
 
 def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, study2_objects: int = 100,
                 progress: bool = True, cvret_version: str | None = None, weights_note: str | None = None,
-                *, memory_mb: float = DEFAULT_MEMORY_MB, device: str = "cpu") -> Evaluation:
+                *, memory_mb: float = DEFAULT_MEMORY_MB, device: str = "cpu",
+                trained_on: Sequence[str] = ()) -> Evaluation:
     """Compute every number of the report; nothing is written (see `write_report`)."""
     if cvret_version is None:
         from .. import __version__ as cvret_version
@@ -294,8 +299,10 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
         "weights_note": weights_note,
         "untrained": any(s["untrained"] for s in report_sources),
         "sources": report_sources,
+        "trained_on": sorted(str(c) for c in trained_on),
     }
     report["headline"] = headline_rows(report)
+    report["per_category_comparison"] = per_category_comparison(report)
     ev.report = _jsonable(report)
     return ev
 
@@ -312,4 +319,29 @@ def headline_rows(report: dict) -> list[dict]:
                          "acc@1": s1.get("acc@1"), "acc@5": s1.get("acc@5"), "acc@10": s1.get("acc@10"),
                          "MRR": s1.get("mrr"), "diag-min": s1.get("diag_min_frac"),
                          "view-acc": s2["view_acc"]["overall"]})
+    return rows
+
+
+def per_category_comparison(report: dict) -> list[dict]:
+    """Per category and sketch-query pair, acc@1 / acc@5 of every index: zero-shot transfer in one table.
+
+    Rows for pairs whose query domain is `sketch` (all pairs when none is); `trained` marks the
+    categories a fine-tuned encoder saw, so held-out categories read as zero-shot results.
+    """
+    trained = set(report.get("trained_on") or ())
+    keys = [_pair_key(*p) for p in report["pairs"]]
+    keys = [k for k, p in zip(keys, report["pairs"]) if p[0] == "sketch"] or keys
+    rows = []
+    for key in keys:
+        per_src = {}
+        for s in report["sources"]:
+            p = next((p for p in s["pairs"] if p["key"] == key), None)
+            per_src[s["name"]] = (p or {}).get("study1", {}).get("per_category") or {}
+        cats = sorted({c for per in per_src.values() for c in per})
+        for c in cats:
+            row = {"category": c, "trained": c in trained, "pair": key,
+                   "n": next((per[c]["n"] for per in per_src.values() if c in per), None)}
+            for name, per in per_src.items():
+                row[name] = {k: per.get(c, {}).get(k) for k in ("acc@1", "acc@5")}
+            rows.append(row)
     return rows

@@ -138,6 +138,17 @@ def report_markdown(report: dict) -> str:
                 rows.append([f"{i}-{j}", metric] + [_f(getter(s["pairs"][pi])) for s in report["sources"]])
         L += [_md_table(["pair", "metric"] + names, rows), ""]
 
+    comparison = report.get("per_category_comparison") or []
+    if len(report["sources"]) > 1 and comparison:
+        names = [s["name"] for s in report["sources"]]
+        L += ["### Per category: " + " vs ".join(names), "",
+              "Study 1 acc@1 / acc@5 per query category (gallery: all N shapes). "
+              + ("Categories marked * were trained on; the others are zero-shot." if report.get("trained_on")
+                 else "No training categories given (`cvret eval --trained-on`)."), ""]
+        L += [_md_table(["category", "pair", "n"] + [f"{n} acc@1 / acc@5" for n in names],
+                        [[r["category"] + (" *" if r["trained"] else ""), r["pair"], r["n"]]
+                         + [f"{_f(r[n]['acc@1'])} / {_f(r[n]['acc@5'])}" for n in names] for r in comparison]), ""]
+
     for s in report["sources"]:
         L += [f"## {s['name']}", ""]
         if s.get("untrained"):
