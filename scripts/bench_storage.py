@@ -215,8 +215,8 @@ def section_search(tmp: Path, sizes: list[int]) -> dict:
     for n in sizes:
         need = n * D * 2
         avail = int([ln for ln in open("/proc/meminfo") if ln.startswith("MemAvailable")][0].split()[1]) * 1024
-        if need * 2.5 > avail:
-            print(f"  N={n}: skipped, needs about {need * 2.5 / 2**30:.1f} GiB free, {avail / 2**30:.1f} available")
+        if need * 1.5 > avail:
+            print(f"  N={n}: skipped, needs about {need * 1.5 / 2**30:.1f} GiB free, {avail / 2**30:.1f} available")
             res[n] = {"skipped": "memory"}
             continue
         folder = tmp / f"s{n}"
