@@ -154,7 +154,25 @@ def _columns_of(records: list[ViewRecord], segment_index: dict[str, int]) -> dic
 
 
 # ---------------------------------------------------------------- reading
-class FeatureStore:
+class _ManifestFields:
+    """What reader and writer both read straight from the manifest document (`self.doc`)."""
+
+    doc: dict
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self.doc["fingerprint"])
+
+    @property
+    def feature_dtype(self) -> str:
+        return str(self.doc["feature_dtype"])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.doc["feature_dim"])
+
+
+class FeatureStore(_ManifestFields):
     """A read-only snapshot of an index folder's views and features. Use as a context manager.
 
     Opening reads the manifest once; later commits by a writer are not seen (open again for them).
@@ -203,18 +221,6 @@ class FeatureStore:
 
     # ---------------------------------------------------------- metadata
     layout = f"{FORMAT} v{FORMAT_VERSION}: manifest + immutable checksummed segments"
-
-    @property
-    def fingerprint(self) -> dict:
-        return dict(self.doc["fingerprint"])
-
-    @property
-    def feature_dtype(self) -> str:
-        return str(self.doc["feature_dtype"])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.doc["feature_dim"])
 
     @property
     def generation(self) -> int:
@@ -370,7 +376,7 @@ class WriterLock:
             self.fd = None
 
 
-class IndexWriter:
+class IndexWriter(_ManifestFields):
     """The one writer of an index folder: buffers new views, commits them as a new segment plus manifest.
 
     A commit happens every `commit_views` views or `commit_seconds` seconds (whichever first) and
@@ -513,18 +519,6 @@ class IndexWriter:
         fsync_dir(self.folder)
 
     # ---------------------------------------------------------- the table
-    @property
-    def fingerprint(self) -> dict:
-        return dict(self.doc["fingerprint"])
-
-    @property
-    def feature_dtype(self) -> str:
-        return str(self.doc["feature_dtype"])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.doc["feature_dim"])
-
     def lookup(self) -> dict[tuple[str, str, str], ViewRecord]:
         return {r.key: r for r in self.views.values()}
 
