@@ -43,19 +43,25 @@ def exact_mean_sq(q: np.ndarray, feats: np.ndarray, select: np.ndarray | None = 
     q = np.ascontiguousarray(q, dtype=np.float32)
     which = range(len(feats)) if select is None else select
     out = np.empty(len(which), dtype=np.float32)
+    # The squares are summed in float64: a float32 sum's rounding depends on how many threads split it,
+    # and the same view must get the same distance in every process (shards, Ray actors, servers).
     if feats.dtype == np.float32:
         diff = np.empty_like(q)
+        wide = np.empty(q.shape, dtype=np.float64)
         for i, j in enumerate(which):
             np.subtract(feats[j], q, out=diff)
-            out[i] = diff @ diff
+            wide[:] = diff
+            out[i] = wide @ wide
     else:  # float16 rows, widened exactly on the fly by torch (vectorised; numpy's widening is ~6x slower)
         import torch
 
         tq = torch.from_numpy(q)
         tdiff = torch.empty_like(tq)
+        wide = torch.empty(tq.shape, dtype=torch.float64)
         for i, j in enumerate(which):
             torch.sub(torch.from_numpy(np.ascontiguousarray(feats[j])), tq, out=tdiff)
-            out[i] = float(tdiff.dot(tdiff))
+            wide.copy_(tdiff)
+            out[i] = float(wide.dot(wide))
     return out / np.float32(q.shape[0])
 
 
