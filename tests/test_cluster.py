@@ -21,6 +21,7 @@ from .test_shards import _per_view
 from .test_storage import state
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+pytestmark = pytest.mark.slow  # a local Ray cluster starts for these
 ROOT = Path(__file__).resolve().parents[1]
 
 

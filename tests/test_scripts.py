@@ -54,3 +54,34 @@ def test_bench_quick_search_and_compressed(dataset, tmp_path, capsys):
         assert "error" not in rep["sections"][name], rep["sections"][name]
     assert rep["sections"]["compressed"]["available"] is True
     assert rep["sections"]["compressed"]["settings"][0]["recall_at_10_mean"] == 1.0  # 6 candidates = all views
+
+
+@pytest.mark.slow
+def test_bench_storage_quick(tmp_path):
+    """The storage benchmark's commit, read and search sections on small sizes: each measures and agrees."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "storage.json"
+    res = subprocess.run([sys.executable, str(SCRIPTS / "bench_storage.py"), "--quick", "--sections",
+                          "commit,read,search", "--sizes", "120", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(out.read_text())
+    assert rep["commit"]["views"] == 64 and rep["read"]["views"] == 64
+    s = rep["search"]["120"]
+    assert s["views"] == 120 and s["same_top10"] is True and s["ratio_to_stream"] > 0
+
+
+@pytest.mark.slow
+def test_bench_cluster_quick_without_ray(tmp_path):
+    """The sharding benchmark: 1 shard and 4 shards give the exact top-10."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cluster.json"
+    res = subprocess.run([sys.executable, str(SCRIPTS / "bench_cluster.py"), "--quick", "--no-ray", "--views", "60",
+                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    exact = json.loads(out.read_text())["shards"]["exact"]
+    assert exact["one_shard_equals_exact"] is True and exact["four_shards_equal_exact"] is True
