@@ -15,13 +15,10 @@ stored features, so every source returns the same ranking as an exhaustive float
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from .errors import StoreError
 
-log = logging.getLogger(__name__)
 LOAD_BLOCK = 64  # views read from the store and added at a time (bounded temporary memory)
 
 
@@ -61,10 +58,6 @@ class ResidentRows:
     def __getitem__(self, j) -> np.ndarray:
         s = int(np.searchsorted(self.starts, int(j), side="right")) - 1
         return self.parts[s][int(j) - int(self.starts[s])]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.parts)
 
 
 class ResidentScan:
@@ -117,9 +110,6 @@ class ResidentScan:
         """The resident rows of (domain, viewpoint) in `index.rows()` order, stored dtype."""
         return self._load(domain, viewpoint)[2]
 
-    def is_loaded(self, domain: str, viewpoint: str) -> bool:
-        return (domain, viewpoint) in self._loaded
-
     def candidates(self, domain: str, viewpoint: str, queries: np.ndarray, n: int) -> np.ndarray:
         scan = self._load(domain, viewpoint)[0]
         rows = self.index.rows(domain, viewpoint)
@@ -156,8 +146,6 @@ class TorchGpuScan:
         key = (domain, viewpoint)
         if key not in self._loaded:
             rows = self.index.rows(domain, viewpoint)
-            if len(rows) == 0:
-                raise StoreError(f"{self.index.folder}: no {domain} views at viewpoint {viewpoint}")
             dtype = torch.float16 if self.float16 else torch.float32
             X = torch.empty((len(rows), self.index.feature_dim), dtype=dtype, device=self.device)
             for s in range(0, len(rows), LOAD_BLOCK):
@@ -200,8 +188,6 @@ class FaissGpuScan:
         key = (domain, viewpoint)
         rows = self.index.rows(domain, viewpoint)
         if key not in self._loaded:
-            if len(rows) == 0:
-                raise StoreError(f"{self.index.folder}: no {domain} views at viewpoint {viewpoint}")
             idx = self._gpu_index(self.index.feature_dim)
             for s in range(0, len(rows), LOAD_BLOCK):
                 idx.add(self.index.store.read_raw(rows[s:s + LOAD_BLOCK]).astype(np.float32))

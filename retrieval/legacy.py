@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from .errors import StoreError
-from .store import ViewRecord
+from .store import ViewRecord, ViewTable
 from .viewpoints import Viewpoint
 
 LEGACY_FILES = ("meta.h5", "*.faiss", "*.rows.npy", "indexes.json", "compressed/*.faiss", "compressed/*.rows.npy",
@@ -21,7 +21,7 @@ LEGACY_FILES = ("meta.h5", "*.faiss", "*.rows.npy", "indexes.json", "compressed/
 _COLUMNS = ("domain", "shape", "viewpoint", "path", "sha256")
 
 
-class LegacyStore:
+class LegacyStore(ViewTable):
     """Read-only access to a format-1 `meta.h5` with the same interface as `store.FeatureStore`."""
 
     layout = "cvret-store v1 (meta.h5 + float32 .faiss copies; the next `cvret index` upgrades it)"
@@ -96,18 +96,6 @@ class LegacyStore:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
 
-    def records(self) -> list[ViewRecord]:
-        return list(self._records)
-
-    def record(self, row: int) -> ViewRecord:
-        return self._by_row[int(row)]
-
-    def lookup(self) -> dict[tuple[str, str, str], ViewRecord]:
-        return {r.key: r for r in self._records}
-
-    def rows_by_hash(self) -> dict[str, int]:
-        return {r.sha256: r.row for r in self._records}
-
     def read_raw(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         ds = self.h5["features"]
@@ -118,9 +106,6 @@ class LegacyStore:
 
     def read_raw_into(self, rows, out: np.ndarray):
         out[:] = self.read_raw(rows).view(np.uint8).reshape(len(out), -1)
-
-    def read_features(self, rows) -> np.ndarray:
-        return self.read_raw(rows).astype(np.float32)
 
     def verify(self, progress=None) -> list[ViewRecord]:
         return []  # format 1 has no checksums

@@ -172,7 +172,32 @@ class _ManifestFields:
         return int(self.doc["feature_dim"])
 
 
-class FeatureStore(_ManifestFields):
+class ViewTable:
+    """The read side both layouts share: the live view records (`_records`, `_by_row`) and float32 reads
+    through the layout's own `read_raw`."""
+
+    _records: list[ViewRecord]
+    _by_row: dict[int, ViewRecord]
+
+    def records(self) -> list[ViewRecord]:
+        return list(self._records)
+
+    def record(self, row: int) -> ViewRecord:
+        return self._by_row[int(row)]
+
+    def lookup(self) -> dict[tuple[str, str, str], ViewRecord]:
+        return {r.key: r for r in self._records}
+
+    def rows_by_hash(self) -> dict[str, int]:
+        return {r.sha256: r.row for r in self._records}
+
+    def read_features(self, rows) -> np.ndarray:
+        """Features of the given rows as float32 (checksums checked where the layout has them)."""
+        raw = self.read_raw(rows)
+        return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+
+class FeatureStore(ViewTable, _ManifestFields):
     """A read-only snapshot of an index folder's views and features. Use as a context manager.
 
     Opening reads the manifest once; later commits by a writer are not seen (open again for them).
@@ -252,18 +277,6 @@ class FeatureStore(_ManifestFields):
         return total + sum(os.fstat(fd).st_size for fd in self._fds.values())
 
     # ---------------------------------------------------------- rows
-    def records(self) -> list[ViewRecord]:
-        return list(self._records)
-
-    def record(self, row: int) -> ViewRecord:
-        return self._by_row[int(row)]
-
-    def lookup(self) -> dict[tuple[str, str, str], ViewRecord]:
-        return {r.key: r for r in self._records}
-
-    def rows_by_hash(self) -> dict[str, int]:
-        return {r.sha256: r.row for r in self._records}
-
     def read_raw(self, rows) -> np.ndarray:
         """Features of the given rows in the stored dtype, in the given order; every view's checksum is checked."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -275,11 +288,6 @@ class FeatureStore(_ManifestFields):
         """Read the stored bytes of the given rows straight into `out` ((n, bytes per view) uint8), checked."""
         for i, row in enumerate(rows):
             self._read_into(self._by_row[int(row)], out[i])
-
-    def read_features(self, rows) -> np.ndarray:
-        """Features of the given rows as float32 (checksums checked)."""
-        raw = self.read_raw(rows)
-        return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
     def _read_into(self, rec: ViewRecord, buf: np.ndarray):
         if not _read_view(self._fds.get(rec.segment), rec, buf):
