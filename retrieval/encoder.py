@@ -12,10 +12,7 @@ seed — the last one an explicit choice for tests and the offline demo, recorde
 """
 from __future__ import annotations
 
-import copy
 import logging
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ import torch
 from .errors import EncoderError
 from .fingerprint import Fingerprint
 from .images import load_image, preprocess_array
+from .trunk import FoldedStates, FoldedTrunk, materialize, trunk_key
 from .weights import MODEL_NAME, checkpoint_path, read_state_dict, weights_identity
 
 log = logging.getLogger(__name__)
@@ -72,16 +70,21 @@ class EncoderSpec:
                            preprocess=PREPROCESS_VERSION)
 
 
+def check_spec(spec: EncoderSpec):
+    """Refuse a layer or model cvret cannot build, before any weights are read."""
+    if spec.layer not in LAYERS:
+        raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
+    if spec.model != MODEL_NAME:
+        raise EncoderError(f"unsupported model {spec.model!r}; cvret extracts features from {MODEL_NAME}")
+
+
 def build_visual(spec: EncoderSpec, full: bool = False) -> torch.nn.Module:
     """The RN101 visual tower with the requested weights, cut after `spec.layer`.
 
     `full=True` keeps every module (and requires every tensor in a checkpoint): fine-tuning
     writes complete visual state dicts, so it must start from one.
     """
-    if spec.layer not in LAYERS:
-        raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
-    if spec.model != MODEL_NAME:
-        raise EncoderError(f"unsupported model {spec.model!r}; cvret extracts features from {MODEL_NAME}")
+    check_spec(spec)
     checkpoint = checkpoint_path(spec.weights, spec.model)
     visual = _new_visual_tower(spec)
     if checkpoint is not None:
@@ -176,57 +179,15 @@ class Trunk(torch.nn.Module):
         return self.stages(self.stem(x))
 
 
-def build_trunk(spec: EncoderSpec) -> torch.nn.Module:
-    """The feature extractor with batch norms folded into the convolutions (fewer passes over memory)."""
-    trunk = Trunk(build_visual(spec), spec.layer).eval()
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(trunk).eval()
-    except Exception as e:  # a model fx cannot trace still works, unfused (slower)
-        log.warning("batch-norm folding failed (%s: %s); the encoder runs unfused", type(e).__name__, e)
-        return trunk
+def build_folded_state(spec: EncoderSpec) -> dict:
+    """The folded float32 weights of `spec`'s trunk, built from open_clip (the slow path that the caches skip)."""
+    visual = build_visual(spec)
+    return FoldedTrunk.from_visual(visual, spec.layer, spec.model).state_dict()
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-class TrunkCache:
-    """Built trunks per (spec, weights identity, device, precision), so a process builds each model once.
-
-    Building RN101 (random init or checkpoint read, BN folding through torch.fx) costs seconds;
-    the tests and a long-lived service would otherwise pay it per encoder. Every caller gets its
-    own deep copy, so one caller changing its module (training, hooks) cannot reach another.
-    Least recently used entries are dropped beyond `size` (each holds a model's weights).
-    """
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-        if hit is None:
-            hit = build()
-            with self._lock:
-                self._items[key] = hit
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-        return copy.deepcopy(hit)
-
-    def clear(self):
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-TRUNKS = TrunkCache()
+FOLDED = FoldedStates()
 
 
 class LayerEncoder:
@@ -242,12 +203,10 @@ class LayerEncoder:
         self.precision = resolve_precision(precision, self.device)
         self._weights_id = spec.identity
         self.dtype = _DTYPES[self.precision]
-        self.trunk = TRUNKS.get(
-            (spec, self._weights_id, str(self.device), self.precision),
-            lambda: build_trunk(spec).to(self.device, dtype=self.dtype, memory_format=torch.channels_last))
-        with torch.inference_mode():
-            probe = self._forward(torch.zeros(1, 3, spec.image_size, spec.image_size))
-        self.feature_shape = tuple(probe.shape[1:])
+        check_spec(spec)
+        state = FOLDED.get(trunk_key(spec.model, spec.layer, self._weights_id), lambda: build_folded_state(spec))
+        self.trunk = materialize(state, spec.layer, spec.model, self.device, self.dtype)
+        self.feature_shape = FoldedTrunk.feature_shape(spec.layer, spec.image_size, spec.model)
         self.feature_dim = int(np.prod(self.feature_shape))
 
     @property

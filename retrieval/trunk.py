@@ -1,0 +1,253 @@
+"""The inference form of RN101 up to the feature layer, and its on-disk cache.
+
+Building the feature extractor from open_clip costs seconds that a one-sketch `cvret query`
+or a small `cvret index` would spend mostly there: importing open_clip (which imports
+torchvision and, through it, torch._dynamo), random initialisation or a checkpoint read,
+and folding every batch norm into its convolution. What inference needs is much smaller:
+convolutions with a bias, ReLUs, average pools and residual adds. `FoldedTrunk` is exactly
+that, in plain torch; `FoldedTrunk.from_visual` folds open_clip's tower into it with torch's
+own `fuse_conv_bn_eval`. The folded float32 weights are saved once per weights identity
+(checksummed, written atomically) under the cvret cache, so later processes load them with
+torch alone. A damaged or stale cache file is rebuilt from open_clip, never trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# open_clip's ModifiedResNet configurations (blocks per stage, stem width); checked against
+# open_clip's own config whenever a trunk is built from it.
+ARCHITECTURES = {"RN50": ((3, 4, 6, 3), 64), "RN101": ((3, 4, 23, 3), 64)}
+CACHE_FORMAT = "cvret-folded-trunk/v1"
+EXPANSION = 4
+
+
+class FoldedBottleneck(nn.Module):
+    """open_clip's `Bottleneck` with each batch norm folded into the convolution before it."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * EXPANSION, 1)
+        self.downsample = None
+        if stride > 1 or inplanes != planes * EXPANSION:
+            self.downsample = nn.Sequential(nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                                            nn.Conv2d(inplanes, planes * EXPANSION, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.conv1(x))
+        out = torch.relu(self.conv2(out))
+        out = self.conv3(self.avgpool(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu_(out + identity)
+
+
+class FoldedTrunk(nn.Module):
+    """The 3-conv stem and the residual stages up to `layer`: layer4 and the attention pool never exist."""
+
+    def __init__(self, layer: str = "layer3", model: str = "RN101"):
+        super().__init__()
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}")
+        blocks, width = ARCHITECTURES[model]
+        self.layer, self.model = layer, model
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width // 2, width // 2, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width // 2, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AvgPool2d(2))
+        stages, inplanes = [], width
+        for i in range(LAYERS.index(layer) + 1):
+            planes, stride = width * 2 ** i, 1 if i == 0 else 2
+            stage = [FoldedBottleneck(inplanes, planes, stride)]
+            inplanes = planes * EXPANSION
+            stage += [FoldedBottleneck(inplanes, planes, 1) for _ in range(1, blocks[i])]
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    @staticmethod
+    def feature_shape(layer: str, image_size: int, model: str = "RN101") -> tuple[int, int, int]:
+        """(C, H, W) of the feature map, without running the model: the stem divides by 4, each later stage by 2."""
+        i = LAYERS.index(layer)
+        side = image_size // 4
+        for _ in range(i):
+            side //= 2
+        return ARCHITECTURES[model][1] * 2 ** i * EXPANSION, side, side
+
+    @classmethod
+    def empty(cls, layer: str, model: str = "RN101") -> "FoldedTrunk":
+        """The module without storage (meta tensors): no seconds spent on an initialisation that loading replaces."""
+        with torch.device("meta"):
+            return cls(layer, model)
+
+    @classmethod
+    def from_visual(cls, visual: nn.Module, layer: str, model: str = "RN101") -> "FoldedTrunk":
+        """Fold open_clip's `ModifiedResNet` (in eval mode) into a FoldedTrunk with torch's own conv-BN folding."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        blocks, width = ARCHITECTURES[model]
+        used = LAYERS[: LAYERS.index(layer) + 1]
+        got = tuple(len(getattr(visual, n)) for n in used)
+        if got != blocks[: len(used)] or visual.conv3.out_channels != width:
+            raise ValueError(f"the visual tower is not {model} (blocks {got}, width {visual.conv3.out_channels})")
+        visual = visual.eval()
+        folded = cls.empty(layer, model)
+        state = {}
+
+        def put(prefix, conv, bn):
+            f = fuse_conv_bn_eval(conv, bn)
+            state[prefix + ".weight"], state[prefix + ".bias"] = f.weight.detach(), f.bias.detach()
+
+        for i, (c, b) in enumerate([("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]):
+            put(f"stem.{2 * i}", getattr(visual, c), getattr(visual, b))
+        for s in range(LAYERS.index(layer) + 1):
+            for j, blk in enumerate(getattr(visual, LAYERS[s])):
+                p = f"stages.{s}.{j}"
+                for c, b in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+                    put(f"{p}.{c}", getattr(blk, c), getattr(blk, b))
+                if blk.downsample is not None:
+                    put(f"{p}.downsample.1", blk.downsample[1], blk.downsample[2])
+        folded.load_state_dict(state, assign=True, strict=True)
+        return folded.eval()
+
+
+# ------------------------------------------------------------------ the caches
+
+def cache_dir() -> Path | None:
+    """Where folded trunks are kept: $CVRET_CACHE_DIR (empty: no disk cache), else $XDG_CACHE_HOME/cvret."""
+    env = os.environ.get("CVRET_CACHE_DIR")
+    if env is not None:
+        return Path(env) if env.strip() else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvret"
+
+
+def _open_clip_version() -> str:
+    try:
+        return metadata.version("open_clip_torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def trunk_key(model: str, layer: str, weights_identity: str) -> dict:
+    """What decides the folded weights. Random initialisation depends on open_clip's code, so its version counts."""
+    return {"format": CACHE_FORMAT, "model": model, "layer": layer, "weights": weights_identity,
+            "open_clip": _open_clip_version() if weights_identity.startswith("untrained") else None,
+            "torch": torch.__version__.split("+")[0]}
+
+
+def _key_name(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _digest(state: dict) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].contiguous().view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def read_cached(key: dict) -> dict | None:
+    """The folded float32 state dict saved for `key`, or None (absent, unreadable, stale or damaged: logged)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    path = folder / "trunks" / f"{_key_name(key)}.pt"
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # mmap: 4x slower to first use
+        if saved.get("key") != key:
+            raise ValueError("written for another trunk")
+        if _digest(saved["state"]) != saved.get("xxh3"):
+            raise ValueError("checksum mismatch")
+        return saved["state"]
+    except Exception as e:  # a cache is never trusted over a rebuild
+        log.warning("%s: ignoring the cached trunk (%s); rebuilding it", path, str(e).splitlines()[0][:120])
+        return None
+
+
+def write_cached(key: dict, state: dict) -> Path | None:
+    """Save a folded state dict atomically; a cache that cannot be written is skipped with a note."""
+    from .fsio import atomic_path
+
+    folder = cache_dir()
+    if folder is None:
+        return None
+    path = folder / "trunks" / f"{_key_name(key)}.pt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in state.items()}
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, "state": state, "xxh3": _digest(state)}, tmp)
+        return path
+    except OSError as e:
+        log.info("cannot write the trunk cache %s (%s); continuing without it", path, e.strerror or e)
+        return None
+
+
+class FoldedStates:
+    """Folded float32 state dicts per key, shared within a process (LRU): a process builds each model once.
+
+    Callers never receive these tensors themselves (`materialize` copies), so one caller
+    changing its module (hooks, in-place edits) cannot reach another.
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: dict, build) -> dict:
+        name = _key_name(key)
+        with self._lock:
+            state = self._items.get(name)
+            if state is not None:
+                self._items.move_to_end(name)
+                return state
+        state = read_cached(key)
+        if state is None:
+            state = build()
+            write_cached(key, state)
+        with self._lock:
+            self._items[name] = state
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return state
+
+    def clear(self):
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def materialize(state: dict, layer: str, model: str, device, dtype, channels_last: bool = True) -> FoldedTrunk:
+    """A FoldedTrunk owning fresh copies of `state`'s tensors on `device` in `dtype`."""
+    owned = {}
+    for k, v in state.items():
+        v = v.to(device=device, dtype=dtype, copy=True)  # converting and re-laying out in one call is 20x slower
+        owned[k] = v.contiguous(memory_format=torch.channels_last) if channels_last and v.dim() == 4 else v
+    trunk = FoldedTrunk.empty(layer, model)
+    trunk.load_state_dict(owned, assign=True, strict=True)
+    return trunk.eval()
