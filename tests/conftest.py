@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,10 @@ from PIL import Image, ImageDraw
 
 from retrieval.cli import main
 from retrieval.encoder import EncoderSpec, LayerEncoder
+
+# The folded-trunk disk cache of this test run: fresh, so a stale user cache cannot hide a bug, and set in
+# the environment so that the CLI processes the tests start share it.
+os.environ["CVRET_CACHE_DIR"] = tempfile.mkdtemp(prefix="cvret-test-cache-")
 
 VIEWPOINTS = ("az000", "az030", "az075")
 AZIMUTHS = {"az000": 0.0, "az030": 30.0, "az075": 75.0}
