@@ -180,9 +180,16 @@ class Trunk(torch.nn.Module):
 
 
 def build_folded_state(spec: EncoderSpec) -> dict:
-    """The folded float32 weights of `spec`'s trunk, built from open_clip (the slow path that the caches skip)."""
-    visual = build_visual(spec)
-    return FoldedTrunk.from_visual(visual, spec.layer, spec.model).state_dict()
+    """The folded float32 weights of `spec`'s trunk: the slow path that the caches skip.
+
+    A checkpoint is folded from its tensors alone; only `untrained` builds open_clip's tower,
+    because its random initialisation is what defines those weights.
+    """
+    checkpoint = checkpoint_path(spec.weights, spec.model)
+    if checkpoint is None:
+        return FoldedTrunk.from_visual(build_visual(spec), spec.layer, spec.model).state_dict()
+    sd = read_state_dict(checkpoint)
+    return FoldedTrunk.from_state_dict(sd, spec.layer, spec.model, source=str(checkpoint)).state_dict()
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

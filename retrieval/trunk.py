@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import EncoderError
+
 log = logging.getLogger(__name__)
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -32,6 +34,7 @@ LAYERS = ("layer1", "layer2", "layer3", "layer4")
 ARCHITECTURES = {"RN50": ((3, 4, 6, 3), 64), "RN101": ((3, 4, 23, 3), 64)}
 CACHE_FORMAT = "cvret-folded-trunk/v1"
 EXPANSION = 4
+BN_EPS = 1e-5  # open_clip's BatchNorm2d default, the one OpenAI's RN101 was trained with
 
 
 class FoldedBottleneck(nn.Module):
@@ -99,33 +102,57 @@ class FoldedTrunk(nn.Module):
 
     @classmethod
     def from_visual(cls, visual: nn.Module, layer: str, model: str = "RN101") -> "FoldedTrunk":
-        """Fold open_clip's `ModifiedResNet` (in eval mode) into a FoldedTrunk with torch's own conv-BN folding."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
+        """Fold open_clip's `ModifiedResNet` into a FoldedTrunk."""
         blocks, width = ARCHITECTURES[model]
         used = LAYERS[: LAYERS.index(layer) + 1]
         got = tuple(len(getattr(visual, n)) for n in used)
         if got != blocks[: len(used)] or visual.conv3.out_channels != width:
             raise ValueError(f"the visual tower is not {model} (blocks {got}, width {visual.conv3.out_channels})")
-        visual = visual.eval()
+        eps = {m.eps for m in visual.modules() if isinstance(m, nn.BatchNorm2d)}
+        if eps != {BN_EPS}:
+            raise ValueError(f"batch norms with eps {sorted(eps)}, expected {BN_EPS}")
+        return cls.from_state_dict(visual.state_dict(), layer, model)
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, layer: str, model: str = "RN101", source: str = "checkpoint") -> "FoldedTrunk":
+        """Fold a visual-tower state dict (open_clip names) with torch's `fuse_conv_bn_weights`.
+
+        Works from tensors alone, so a checkpoint is folded without importing open_clip or building
+        the modules it would load into; `source` names the file in errors.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
         folded = cls.empty(layer, model)
-        state = {}
-
-        def put(prefix, conv, bn):
-            f = fuse_conv_bn_eval(conv, bn)
-            state[prefix + ".weight"], state[prefix + ".bias"] = f.weight.detach(), f.bias.detach()
-
-        for i, (c, b) in enumerate([("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]):
-            put(f"stem.{2 * i}", getattr(visual, c), getattr(visual, b))
-        for s in range(LAYERS.index(layer) + 1):
-            for j, blk in enumerate(getattr(visual, LAYERS[s])):
-                p = f"stages.{s}.{j}"
-                for c, b in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
-                    put(f"{p}.{c}", getattr(blk, c), getattr(blk, b))
-                if blk.downsample is not None:
-                    put(f"{p}.downsample.1", blk.downsample[1], blk.downsample[2])
+        pairs = folding_pairs(folded)
+        missing = [k for conv, bn in pairs.values() for k in
+                   (conv + ".weight", *(f"{bn}.{t}" for t in ("weight", "bias", "running_mean", "running_var")))
+                   if k not in sd]
+        if missing:
+            raise EncoderError(f"{source}: not an {model} visual checkpoint (missing {len(missing)} tensors, "
+                               f"e.g. {missing[0]})")
+        state, want = {}, folded.state_dict()
+        for target, (conv, bn) in pairs.items():
+            w, b = fuse_conv_bn_weights(sd[conv + ".weight"], None, sd[bn + ".running_mean"], sd[bn + ".running_var"],
+                                        BN_EPS, sd[bn + ".weight"], sd[bn + ".bias"])
+            if w.shape != want[target + ".weight"].shape:
+                raise EncoderError(f"{source}: tensors do not fit {model} ({conv}.weight is {tuple(w.shape)}, "
+                                   f"expected {tuple(want[target + '.weight'].shape)})")
+            state[target + ".weight"], state[target + ".bias"] = w.detach().float(), b.detach().float()
         folded.load_state_dict(state, assign=True, strict=True)
         return folded.eval()
+
+
+def folding_pairs(trunk: FoldedTrunk) -> dict[str, tuple[str, str]]:
+    """Each folded convolution of `trunk` → the (conv, batch norm) of open_clip's tower it comes from."""
+    pairs = {f"stem.{2 * i}": (f"conv{i + 1}", f"bn{i + 1}") for i in range(3)}
+    for s, stage in enumerate(trunk.stages):
+        for j, block in enumerate(stage):
+            src, dst = f"{LAYERS[s]}.{j}", f"stages.{s}.{j}"
+            for c in (1, 2, 3):
+                pairs[f"{dst}.conv{c}"] = (f"{src}.conv{c}", f"{src}.bn{c}")
+            if block.downsample is not None:
+                pairs[f"{dst}.downsample.1"] = (f"{src}.downsample.0", f"{src}.downsample.1")
+    return pairs
 
 
 # ------------------------------------------------------------------ the caches

@@ -130,3 +130,36 @@ def test_seeded_weights_leave_the_global_generator_alone():
     torch.manual_seed(999)
     again = build_visual(EncoderSpec("untrained", layer="layer1", seed=3))
     assert torch.equal(first.conv1.weight, again.conv1.weight)
+
+
+def test_checkpoint_folded_from_tensors_alone(tmp_path):
+    """A checkpoint folds to the same weights as the tower it loads into, bit for bit, and a process that
+    encodes with it never imports open_clip (the start-up cost the folded path exists to skip)."""
+    import subprocess
+    import sys
+
+    from retrieval.errors import EncoderError
+    from retrieval.weights import read_state_dict
+
+    visual = build_visual(EncoderSpec("untrained", layer="layer4", seed=5))
+    ckpt = tmp_path / "rn101_visual.pt"
+    torch.save({"state_dict": {f"visual.{k}": v for k, v in visual.state_dict().items()}}, ckpt)
+    want = FoldedTrunk.from_visual(visual, "layer3").state_dict()
+    got = FoldedTrunk.from_state_dict(read_state_dict(ckpt), "layer3").state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+    code = ("import sys, numpy as np; from retrieval.encoder import EncoderSpec, LayerEncoder; "
+            f"e = LayerEncoder(EncoderSpec({str(ckpt)!r}), device='cpu', precision='fp32'); "
+            "e.encode_arrays(np.zeros((1, 3, 224, 224), np.float32)); "
+            "print('open_clip' in sys.modules, 'torchvision' in sys.modules)")
+    env = {**__import__("os").environ, "CVRET_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+    sd = read_state_dict(ckpt)
+    sd["layer3.4.conv2.weight"] = sd["layer3.4.conv2.weight"][:, :128]
+    with pytest.raises(EncoderError, match="x.pt: tensors do not fit RN101 .layer3.4.conv2.weight"):
+        FoldedTrunk.from_state_dict(sd, "layer3", source="x.pt")
+    del sd["layer2.1.bn1.running_var"]
+    with pytest.raises(EncoderError, match="x.pt: not an RN101 visual checkpoint .missing 1 tensors, e.g. layer2.1"):
+        FoldedTrunk.from_state_dict(sd, "layer3", source="x.pt")
