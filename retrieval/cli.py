@@ -492,7 +492,8 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="report folder")
 @click.option("--pairs", default="sketch-npr,sketch-rgb,npr-rgb", show_default=True,
               help="domain pairs query-gallery, comma-separated")
-@click.option("--objects", type=int, default=10, show_default=True, help="shapes in the Fig. 1 heatmaps")
+@click.option("--objects", type=int, default=10, show_default=True,
+              help="shapes in the Fig. 1 heatmaps (at most the shapes of a pair: more is lowered, with a note)")
 @click.option("--study2-objects", type=int, default=100, show_default=True, help="objects averaged in Study 2")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
@@ -543,6 +544,8 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
     finally:
         for s in sources:
             s.close()
+    for note in report.get("notes") or []:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo((Path(out) / "report.json").read_text(encoding="utf-8"))
         return
