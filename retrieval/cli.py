@@ -1,7 +1,9 @@
 """The `cvret` command: a thin click layer over the library (parse, call, print).
 
-Every expected failure is a CvretError and becomes one line on stderr with exit code 1;
-a Ctrl-C during `cvret index` leaves the committed batches in place (exit code 130).
+Every expected failure is a CvretError and becomes one line on stderr with exit code 1; a
+command-line usage mistake (unknown option, missing argument, options that do not go together)
+is one line too, with click's exit code 2; a Ctrl-C during `cvret index` leaves the committed
+batches in place (exit code 130).
 """
 from __future__ import annotations
 
@@ -24,18 +26,22 @@ def _fail(msg: str, code: int = 1):
 
 
 class CvretGroup(click.Group):
-    """Turns CvretError into a one-line message instead of a traceback."""
+    """Turns CvretError (exit 1) and click's usage errors (exit 2) into one line instead of a traceback or
+    click's three-line usage block."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "cvret"
+            _fail(f"{where}: {e.format_message()} (see '{where} --help')", e.exit_code)
         except CvretError as e:
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         except KeyboardInterrupt:
             _fail("interrupted; what was committed is kept, run the same command again to resume", 130)
 
 
-@click.group(cls=CvretGroup)
+@click.group(cls=CvretGroup, name="cvret")
 @click.version_option(__version__, prog_name="cvret")
 def main():
     """cvret: retrieve 3D shapes from freehand sketches (CLIP RN101 layer-3 features + FAISS)."""
@@ -221,13 +227,14 @@ def sketch_files(sources) -> list[Path]:
               help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
 @click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="sketches embedded per forward pass")
+@click.option("--max-pixels", type=int, default=None, help="largest sketch image accepted (default 100,000,000)")
 @encoder_options
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
               help="sharded index: search its shards in actors of a Ray cluster")
 @click.option("--json", "as_json", is_flag=True,
               help="print hits as JSON (a list of rankings when several sketches or a folder are given)")
 def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, batch_size,
-              precision, device, ray_address, as_json):
+              max_pixels, precision, device, ray_address, as_json):
     """Rank shapes for each SKETCH (image files or folders of them), or for several --view VIEWPOINT=IMAGE sketches.
 
     The model is built once for all sketches; each gets its own ranking.
@@ -241,6 +248,9 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if bool(sketches) == bool(views):
         raise click.UsageError("give either SKETCH files/folders or one or more --view VIEWPOINT=IMAGE")
+    if views and (pairs or viewpoint):
+        raise click.UsageError(f"{'--pairs' if pairs else '--viewpoint'} does nothing with --view (a --view query "
+                               "ranks shapes by the mean over the given viewpoints); leave it out")
     files = sketch_files(sketches)
     engine = open_engine(index_dir, ray=ray_address, mode=mode, candidates=candidates, weights=weights, device=device,
                          precision=precision)
@@ -250,7 +260,7 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
             if "=" not in item:
                 raise click.BadParameter(f"{item!r} is not VIEWPOINT=IMAGE", param_hint="--view")
             vp, path = item.split("=", 1)
-            parsed[vp.strip()] = load_image(path)
+            parsed[vp.strip()] = load_image(path, max_pixels=max_pixels)
             named[vp.strip()] = path
         hits, excluded = engine.query_views(parsed, domain=domain, k=k)
         results = [(query_result(engine, str(index_dir), {"views": named}, domain, hits, excluded), hits)]
@@ -258,7 +268,7 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         results = []
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            feats = engine.embed([load_image(p) for p in chunk])
+            feats = engine.embed([load_image(p, max_pixels=max_pixels) for p in chunk])
             for path, feat in zip(chunk, feats):
                 hits = engine.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
                 results.append((query_result(engine, str(index_dir), {"sketch": str(path)}, domain, hits), hits))
@@ -273,6 +283,15 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         click.echo(format_hits(hits))
         if res["excluded_shapes"]:
             click.echo(f"({res['excluded_shapes']} shapes left out: they lack one of the query viewpoints)")
+    click.echo(weights_line(results[0][0]["weights"]))
+
+
+def weights_line(weights: str | None) -> str:
+    """The weights a ranking came from, as `query --json` names them (untrained ones said to be so)."""
+    from .fingerprint import Fingerprint
+
+    untrained = Fingerprint(weights=weights).is_untrained
+    return f"weights: {weights}" + (" (untrained: not the paper's numbers)" if untrained else "")
 
 
 def format_hits(hits) -> str:
