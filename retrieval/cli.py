@@ -426,13 +426,17 @@ def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, prec
 @click.option("--elevation", type=float, default=10.0, show_default=True)
 @click.option("--size", type=int, default=224, show_default=True, help="output size in pixels")
 @click.option("--supersample", type=int, default=3, show_default=True, help="anti-aliasing factor")
-@click.option("--line-width", type=float, default=1.25, show_default=True, help="NPR line width in output pixels")
+@click.option("--line-width", type=float, default=1.25, show_default=True,
+              help="NPR line width in output pixels (above 0)")
 @click.option("--crease-angle", type=float, default=134.43, show_default=True,
               help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
 @click.option("--line-tone", type=click.Choice(["freestyle", "flat"]), default="freestyle", show_default=True,
               help="freestyle: anti-aliased coverage composited in linear light, stored sRGB (Blender's look); "
                    "flat: 8-bit box filter (darker, cvret's first look)")
 @click.option("--domains", default="npr,rgb", show_default=True)
+@click.option("--rgb-colors", type=click.Choice(["mesh", "uniform"]), default="mesh", show_default=True,
+              help="mesh: the file's face/vertex/texture colours (light grey where it has none or its texture is "
+                   "missing); uniform: one light grey material for every mesh")
 @click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default=None,
               help="where the mesh files put the object's front and up: shapenet-v2 (the default; a --preset sets "
                    "its own) = front -Z, up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
@@ -447,11 +451,12 @@ def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, prec
               help="a text file of shape ids (one per line): render only these (e.g. the shapes that have sketches)")
 @click.option("--viewpoints-from", "viewpoints_from", default=None, type=click.Path(path_type=Path),
               help="a sketch2model tree: render each shape at its sketch's own viewpoint (view.txt)")
-@click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="processes, one mesh each (default: one per 4 cores, 1 to 4: see README)")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
 def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
-               convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
+               rgb_colors, convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
     from .render.orientation import resolve
@@ -473,7 +478,7 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
         settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
                                   crease_angle=crease_angle, line_tone=line_tone, front=front, up=up,
-                                  azimuth_sign=int(azimuth_sign))
+                                  azimuth_sign=int(azimuth_sign), rgb_colors=rgb_colors)
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())

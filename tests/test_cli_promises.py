@@ -25,11 +25,14 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
     one_line(run_cli(["nope"], ok=False), 2, "nope")
 
 
-def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, dataset):
+def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, dataset, monkeypatch):
     one_line(run_cli(["render", dataset / "x.obj", "--out", tmp_path / "r", "--domains", "sketch"], ok=False), 1,
              "sketch")
-    one_line(run_cli(["demo", "--style", "scribbly", "--out", tmp_path / "d", "--weights", "untrained"], ok=False),
-             1, "scribbly")
+    # offline without cached weights, the demo would print its untrained-weights banner first
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    one_line(run_cli(["demo", "--style", "scribbly", "--out", tmp_path / "d"], ok=False), 1, "scribbly")
     assert not (tmp_path / "d").exists()
 
 
@@ -74,3 +77,18 @@ def test_result_paths_work_from_any_working_directory(tmp_path, monkeypatch):
     hits = json.loads(run_cli(["query", "npr/shape01/az000.png", "--index", "../idx", "--json", "-k", "2"]).stdout)
     for h in hits["hits"]:
         assert os.path.isabs(h["path"]) and os.path.isfile(h["path"]), h["path"]
+
+
+def test_failed_first_index_leaves_no_folder(tmp_path):
+    """Unloadable weights fail before the folder exists; a failure after the writer made it removes it again."""
+    from .conftest import UNTRAINED, make_dataset
+
+    data = make_dataset(tmp_path / "d", n_shapes=2, domains=("npr",))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    res = run_cli(["index", data, "--out", tmp_path / "w", "--weights", bad, "--quiet"], ok=False)
+    assert res.exit_code == 1 and not (tmp_path / "w").exists()
+    (data / "npr" / "shape01" / "az075.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    res = run_cli(["index", data, "--out", tmp_path / "s", *UNTRAINED, "--strict", "--quiet"], ok=False)
+    assert res.exit_code == 1 and "az075.png" in res.output
+    assert not (tmp_path / "s").exists()
