@@ -443,3 +443,22 @@ def test_study2_cells_show_tiny_distances(tmp_path):
     assert 1e-7 < m < 1e-5
     md = (tmp_path / "report.md").read_text()
     assert f"{m:.4g}" in md and "0.0000 ± 0.0000" not in md
+
+
+def test_shrec_metrics_next_to_acc_at_k_by_hand(tmp_path):
+    """Shapes on a line at 0, 1, 10, 11 with categories a, b, a, b: every ranking is known (worked out below)."""
+    pos = np.array([0.0, 1.0, 10.0, 11.0])
+    A = np.repeat(pos[:, None, None], 3, axis=1).repeat(4, axis=2)      # (4, V=3, D=4): distance = (pos diff)^2
+    cats = {"shape000": "a", "shape001": "b", "shape002": "a", "shape003": "b"}
+    rep = evaluate([FakeSource({"sketch": A, "npr": A}, categories=cats)], tmp_path, pairs=[("sketch", "npr")],
+                   objects=2, progress=False)
+    m = rep["sources"][0]["pairs"][0]["study1"]["shrec"]
+    # rankings: q0 a,b,a,b  q1 b,a,a,b  q2 a,b,b,a  q3 b,a,b,a (R = 2 each, top 32 = all 4)
+    dcg13, dcg24 = (1 + 1 / np.log2(3)) / 2, (1 + 1 / np.log2(4)) / 2
+    want = {"nn": 1.0, "first_tier": 0.5, "second_tier": 1.0, "e_measure": 2 / 3,
+            "dcg": (2 * dcg13 + 2 * dcg24) / 4, "map": (2 * (1 + 2 / 3) / 2 + 2 * (1 + 2 / 4) / 2) / 4}
+    assert set(m["micro"]) == set(want)
+    for k, v in want.items():
+        assert m["micro"][k] == pytest.approx(v), k
+    assert m["n_queries"] == 4 and m["n_classes"] == 2
+    assert "SHREC metrics of Study 1" in (tmp_path / "report.md").read_text()

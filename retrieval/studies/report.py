@@ -218,8 +218,9 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
             nearest = np.argmin(np.where(np.isnan(S), np.inf, S), axis=1)
             if cats_map:
                 cats = [str(cats_map.get(s, "unknown")) for s in ids]
-                s1.update(category_metrics(S, cats, gallery_cats=[str(cats_map.get(s, "unknown"))
-                                                                  for s in gallery_ids]))
+                gallery_cats = [str(cats_map.get(s, "unknown")) for s in gallery_ids]
+                s1.update(category_metrics(S, cats, gallery_cats=gallery_cats))
+                s1["shrec"] = shrec_metrics(S, cats, gallery_cats)
             else:
                 cats = None
             if fig_common is not None:
@@ -330,6 +331,17 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
     report["per_category_comparison"] = per_category_comparison(report)
     ev.report = _jsonable(report)
     return ev
+
+
+def shrec_metrics(S: np.ndarray, cats, gallery_cats) -> dict:
+    """The SHREC sketch tracks' category metrics (NN, FT, ST, E, DCG, mAP: `retrieval/shrec.py`) of a
+    Study 1 matrix, next to acc@k: a gallery shape is relevant when it has the query shape's category."""
+    from ..shrec import query_metrics, ranked_relevance, summarize
+
+    rel, n_rel = ranked_relevance(np.where(np.isnan(S), np.inf, S), cats, gallery_cats)
+    summ = summarize(query_metrics(rel, n_rel), cats)
+    return {"relevance": "category", "n_queries": summ["n_queries"], "n_classes": summ["n_classes"],
+            "micro": summ["micro"], "macro": summ["macro"]}
 
 
 HEADLINE_COLUMNS = ("source", "pair", "N", "M", "acc@1", "acc@5", "acc@10", "MRR", "diag-min", "view-acc")

@@ -13,6 +13,8 @@ import numpy as np
 from ..fsio import atomic_write_text
 from .report import HEADLINE_COLUMNS, Evaluation, headline_rows
 
+SHREC_KEYS = ("nn", "first_tier", "second_tier", "e_measure", "dcg", "map")
+
 def write_report(ev: Evaluation, out_dir) -> dict:
     """Write everything `run_studies` computed into `out_dir`; returns the report dict."""
     from .. import plots
@@ -185,6 +187,12 @@ def report_markdown(report: dict) -> str:
         L += [_md_table(["pair", "N", "M", "acc@1", "acc@5", "acc@10", "mean rank", "median rank", "MRR", "diag-min",
                          "diag-min (figure)", "category acc@1", "matrix"], rows), ""]
         L += [f"![CMC]({figs['cmc']})", ""]
+        shrec_rows = [[p["key"], m["n_queries"], m["n_classes"]] + [_f(m["micro"].get(k)) for k in SHREC_KEYS]
+                      for p in s["pairs"] for m in [p["study1"].get("shrec")] if m]
+        if shrec_rows:
+            L += ["SHREC metrics of Study 1 (relevant = a gallery shape of the query's category; micro means over "
+                  "query shapes; definitions in the README):", ""]
+            L += [_md_table(["pair", "queries", "classes", "NN", "FT", "ST", "E", "DCG", "mAP"], shrec_rows), ""]
         for p in s["pairs"]:
             per = p["study1"].get("per_category")
             if per:
