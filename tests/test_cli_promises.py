@@ -36,7 +36,6 @@ def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, dataset, monk
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.slow
 def test_eval_unknown_device_is_one_line(index32, tmp_path):
     one_line(run_cli(["eval", "--index", index32, "--out", tmp_path / "e", "--device", "tpu"], ok=False), 1, "tpu")
 

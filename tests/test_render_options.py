@@ -114,3 +114,16 @@ def test_line_width_zero_is_refused(tmp_path):
 def test_default_workers(monkeypatch, cores, want):
     monkeypatch.setattr("retrieval.render.batch.available_cores", lambda: cores)
     assert default_workers() == want
+
+
+def test_missing_mtl_renders_the_light_grey_of_an_uncoloured_mesh(tmp_path):
+    """UVs with no .mtl beside them must not come out darker than a mesh without any colour."""
+    box = trimesh.creation.box()
+    lines = ["mtllib gone.mtl", "usemtl wood"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in box.vertices]
+    lines += [f"vt {u:.3f} {v:.3f}" for u, v in np.random.default_rng(0).random((len(box.vertices), 2))]
+    lines += [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in box.faces]
+    (tmp_path / "uv.obj").write_text("\n".join(lines) + "\n")
+    uv = np.asarray(render_rgb(load_mesh(tmp_path / "uv.obj"), VP, SMALL)).astype(int)
+    plain = np.asarray(render_rgb(box, VP, SMALL)).astype(int)
+    assert np.abs(uv - plain).max() <= 1
