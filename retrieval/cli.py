@@ -222,7 +222,9 @@ def sketch_files(sources) -> list[Path]:
 @click.option("--domain", default="npr", show_default=True, help="gallery domain (npr, rgb, ...)")
 @click.option("--viewpoint", default=None, help="only this gallery viewpoint (per-view queries)")
 @click.option("--pairs", is_flag=True, help="list (shape, viewpoint) pairs instead of one best viewpoint per shape")
-@click.option("--weights", default=None, help="local weights file, when the index was built with one")
+@click.option("--weights", default=None,
+              help="the local weights file the index was built with, needed only when it moved from the path the "
+                   "index recorded (default: the index's own weights)")
 @click.option("--search", "mode", type=click.Choice(["exact", "compressed"]), default="exact", show_default=True,
               help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
 @click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
