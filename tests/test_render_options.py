@@ -127,3 +127,20 @@ def test_missing_mtl_renders_the_light_grey_of_an_uncoloured_mesh(tmp_path):
     uv = np.asarray(render_rgb(load_mesh(tmp_path / "uv.obj"), VP, SMALL)).astype(int)
     plain = np.asarray(render_rgb(box, VP, SMALL)).astype(int)
     assert np.abs(uv - plain).max() <= 1
+
+
+def test_up_z_alone_means_a_z_up_file(tmp_path):
+    import json
+
+    from retrieval.render.orientation import resolve
+
+    assert resolve(None, None, "z") == ("-y", "+z") == resolve("z-up")
+    assert resolve(None, None, "-z") == ("+y", "-z")
+    assert resolve(None, None, "+x") == ("-z", "+x")
+    with pytest.raises(ConfigError, match="same axis"):
+        resolve(None, "-z", "+z")  # an explicit front is never changed
+    src = red_cube_off(tmp_path / "cube.off")
+    run_cli(["render", src, "--out", tmp_path / "o", "--up", "z", "--size", "32", "--supersample", "1",
+             "--viewpoints", "0", "--quiet"])
+    orient = json.loads((tmp_path / "o" / "dataset.json").read_text())["render"]["orientation"]
+    assert (orient["convention"], orient["front"], orient["up"]) == ("z-up", "-y", "+z")
