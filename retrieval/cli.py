@@ -1,7 +1,9 @@
 """The `cvret` command: a thin click layer over the library (parse, call, print).
 
-Every expected failure is a CvretError and becomes one line on stderr with exit code 1;
-a Ctrl-C during `cvret index` leaves the committed batches in place (exit code 130).
+Every expected failure is a CvretError and becomes one line on stderr with exit code 1; a
+command-line usage mistake (unknown option, missing argument, options that do not go together)
+is one line too, with click's exit code 2; a Ctrl-C during `cvret index` leaves the committed
+batches in place (exit code 130).
 """
 from __future__ import annotations
 
@@ -24,18 +26,22 @@ def _fail(msg: str, code: int = 1):
 
 
 class CvretGroup(click.Group):
-    """Turns CvretError into a one-line message instead of a traceback."""
+    """Turns CvretError (exit 1) and click's usage errors (exit 2) into one line instead of a traceback or
+    click's three-line usage block."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "cvret"
+            _fail(f"{where}: {e.format_message()} (see '{where} --help')", e.exit_code)
         except CvretError as e:
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         except KeyboardInterrupt:
             _fail("interrupted; what was committed is kept, run the same command again to resume", 130)
 
 
-@click.group(cls=CvretGroup)
+@click.group(cls=CvretGroup, name="cvret")
 @click.version_option(__version__, prog_name="cvret")
 def main():
     """cvret: retrieve 3D shapes from freehand sketches (CLIP RN101 layer-3 features + FAISS)."""
@@ -216,18 +222,21 @@ def sketch_files(sources) -> list[Path]:
 @click.option("--domain", default="npr", show_default=True, help="gallery domain (npr, rgb, ...)")
 @click.option("--viewpoint", default=None, help="only this gallery viewpoint (per-view queries)")
 @click.option("--pairs", is_flag=True, help="list (shape, viewpoint) pairs instead of one best viewpoint per shape")
-@click.option("--weights", default=None, help="local weights file, when the index was built with one")
+@click.option("--weights", default=None,
+              help="the local weights file the index was built with, needed only when it moved from the path the "
+                   "index recorded (default: the index's own weights)")
 @click.option("--search", "mode", type=click.Choice(["exact", "compressed"]), default="exact", show_default=True,
               help="compressed: candidates from the PCA index (built with `cvret index --compress`), re-ranked exactly")
 @click.option("--candidates", type=int, default=None, help="compressed search: candidates to re-rank (default max(100, 10k))")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="sketches embedded per forward pass")
+@click.option("--max-pixels", type=int, default=None, help="largest sketch image accepted (default 100,000,000)")
 @encoder_options
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
               help="sharded index: search its shards in actors of a Ray cluster")
 @click.option("--json", "as_json", is_flag=True,
               help="print hits as JSON (a list of rankings when several sketches or a folder are given)")
 def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, batch_size,
-              precision, device, ray_address, as_json):
+              max_pixels, precision, device, ray_address, as_json):
     """Rank shapes for each SKETCH (image files or folders of them), or for several --view VIEWPOINT=IMAGE sketches.
 
     The model is built once for all sketches; each gets its own ranking.
@@ -241,6 +250,9 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if bool(sketches) == bool(views):
         raise click.UsageError("give either SKETCH files/folders or one or more --view VIEWPOINT=IMAGE")
+    if views and (pairs or viewpoint):
+        raise click.UsageError(f"{'--pairs' if pairs else '--viewpoint'} does nothing with --view (a --view query "
+                               "ranks shapes by the mean over the given viewpoints); leave it out")
     files = sketch_files(sketches)
     engine = open_engine(index_dir, ray=ray_address, mode=mode, candidates=candidates, weights=weights, device=device,
                          precision=precision)
@@ -250,7 +262,7 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
             if "=" not in item:
                 raise click.BadParameter(f"{item!r} is not VIEWPOINT=IMAGE", param_hint="--view")
             vp, path = item.split("=", 1)
-            parsed[vp.strip()] = load_image(path)
+            parsed[vp.strip()] = load_image(path, max_pixels=max_pixels)
             named[vp.strip()] = path
         hits, excluded = engine.query_views(parsed, domain=domain, k=k)
         results = [(query_result(engine, str(index_dir), {"views": named}, domain, hits, excluded), hits)]
@@ -258,7 +270,7 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         results = []
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            feats = engine.embed([load_image(p) for p in chunk])
+            feats = engine.embed([load_image(p, max_pixels=max_pixels) for p in chunk])
             for path, feat in zip(chunk, feats):
                 hits = engine.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
                 results.append((query_result(engine, str(index_dir), {"sketch": str(path)}, domain, hits), hits))
@@ -273,6 +285,15 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         click.echo(format_hits(hits))
         if res["excluded_shapes"]:
             click.echo(f"({res['excluded_shapes']} shapes left out: they lack one of the query viewpoints)")
+    click.echo(weights_line(results[0][0]["weights"]))
+
+
+def weights_line(weights: str | None) -> str:
+    """The weights a ranking came from, as `query --json` names them (untrained ones said to be so)."""
+    from .fingerprint import Fingerprint
+
+    untrained = Fingerprint(weights=weights).is_untrained
+    return f"weights: {weights}" + (" (untrained: not the paper's numbers)" if untrained else "")
 
 
 def format_hits(hits) -> str:
@@ -407,13 +428,17 @@ def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, prec
 @click.option("--elevation", type=float, default=10.0, show_default=True)
 @click.option("--size", type=int, default=224, show_default=True, help="output size in pixels")
 @click.option("--supersample", type=int, default=3, show_default=True, help="anti-aliasing factor")
-@click.option("--line-width", type=float, default=1.25, show_default=True, help="NPR line width in output pixels")
+@click.option("--line-width", type=float, default=1.25, show_default=True,
+              help="NPR line width in output pixels (above 0)")
 @click.option("--crease-angle", type=float, default=134.43, show_default=True,
               help="Freestyle crease angle in degrees (edges sharper than this are drawn)")
 @click.option("--line-tone", type=click.Choice(["freestyle", "flat"]), default="freestyle", show_default=True,
               help="freestyle: anti-aliased coverage composited in linear light, stored sRGB (Blender's look); "
                    "flat: 8-bit box filter (darker, cvret's first look)")
 @click.option("--domains", default="npr,rgb", show_default=True)
+@click.option("--rgb-colors", type=click.Choice(["mesh", "uniform"]), default="mesh", show_default=True,
+              help="mesh: the file's face/vertex/texture colours (light grey where it has none or its texture is "
+                   "missing); uniform: one light grey material for every mesh")
 @click.option("--convention", type=click.Choice(["shapenet-v2", "shapenet-v1", "z-up"]), default=None,
               help="where the mesh files put the object's front and up: shapenet-v2 (the default; a --preset sets "
                    "its own) = front -Z, up +Y; shapenet-v1 = front +X, up +Y; z-up = front -Y, up +Z")
@@ -428,11 +453,12 @@ def serve_cmd(index_dir, host, port, token, no_auth, open_browser, weights, prec
               help="a text file of shape ids (one per line): render only these (e.g. the shapes that have sketches)")
 @click.option("--viewpoints-from", "viewpoints_from", default=None, type=click.Path(path_type=Path),
               help="a sketch2model tree: render each shape at its sketch's own viewpoint (view.txt)")
-@click.option("--workers", type=int, default=None, help="processes (default: min(cores, 4))")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="processes, one mesh each (default: one per 4 cores, 1 to 4: see README)")
 @click.option("--force", is_flag=True, help="render again even when outputs are up to date")
 @click.option("--quiet", is_flag=True)
 def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width, crease_angle, line_tone, domains,
-               convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
+               rgb_colors, convention, front, up, azimuth_sign, preset, only, viewpoints_from, workers, force, quiet):
     """Render meshes (files or folders) into a dataset folder of npr and rgb views (resumable)."""
     from .render import RenderSettings, render_dataset
     from .render.orientation import resolve
@@ -454,7 +480,7 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
         vps = make_viewpoints(parse_azimuths(azimuths), elevation)
         settings = RenderSettings(size=size, supersample=supersample, line_width=line_width,
                                   crease_angle=crease_angle, line_tone=line_tone, front=front, up=up,
-                                  azimuth_sign=int(azimuth_sign))
+                                  azimuth_sign=int(azimuth_sign), rgb_colors=rgb_colors)
     except ValueError as e:
         raise click.BadParameter(str(e))
     doms = tuple(d.strip() for d in domains.split(",") if d.strip())
@@ -492,7 +518,8 @@ def render_cmd(sources, out, azimuths, elevation, size, supersample, line_width,
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="report folder")
 @click.option("--pairs", default="sketch-npr,sketch-rgb,npr-rgb", show_default=True,
               help="domain pairs query-gallery, comma-separated")
-@click.option("--objects", type=int, default=10, show_default=True, help="shapes in the Fig. 1 heatmaps")
+@click.option("--objects", type=int, default=10, show_default=True,
+              help="shapes in the Fig. 1 heatmaps (at most the shapes of a pair: more is lowered, with a note)")
 @click.option("--study2-objects", type=int, default=100, show_default=True, help="objects averaged in Study 2")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-mb", type=int, default=2048, show_default=True, help="memory budget for feature blocks")
@@ -543,6 +570,8 @@ def eval_cmd(index_dirs, out, pairs, objects, study2_objects, seed, memory_mb, d
     finally:
         for s in sources:
             s.close()
+    for note in report.get("notes") or []:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo((Path(out) / "report.json").read_text(encoding="utf-8"))
         return

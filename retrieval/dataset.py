@@ -142,11 +142,13 @@ def discover(root: Path | str, patterns: list[str] | None = None, domains: list[
 
     found: dict[tuple[str, str, str], str] = {}
     problems: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    # absolute paths: the index stores them, and query results must work from any working directory
+    top = root.absolute()
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
         for fname in sorted(filenames):
             full = Path(dirpath) / fname
-            rel = full.relative_to(root).as_posix()
+            rel = full.relative_to(top).as_posix()
             if rel == DATASET_JSON:
                 continue
             for pat, rx in regexes:

@@ -60,6 +60,9 @@ def run_demo(out: Path | str = "demo_out", small: bool = False, weights: str = "
     from .synth import DEMO_SMALL_COUNTS, make_demo_dataset
     from . import __version__
 
+    from .synth.sketch import resolve_style
+
+    resolve_style(style)  # a bad --style stops here, before the weights banner and any work
     out = Path(out)
     data, index_dir, report_dir = out / "data", out / "index", out / "report"
     times = {}

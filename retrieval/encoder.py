@@ -54,8 +54,7 @@ class EncoderSpec:
             return cls("openai", fp.layer, 0, int(fp.image_size), fp.model)
         if w.startswith("sha256:"):
             if not weights_path:
-                raise EncoderError(
-                    f"the index was built with a local weights file ({w[:19]}...); pass it with --weights PATH")
+                weights_path = remembered_weights_file(fp)
             return cls(weights_path, fp.layer, 0, int(fp.image_size), fp.model)
         raise EncoderError(f"unknown weights in fingerprint: {w!r}")
 
@@ -76,6 +75,31 @@ def check_spec(spec: EncoderSpec):
         raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
     if spec.model != MODEL_NAME:
         raise EncoderError(f"unsupported model {spec.model!r}; cvret extracts features from {MODEL_NAME}")
+
+
+def weights_file_record(weights: str) -> dict:
+    """{'weights_file': absolute path} for a local checkpoint (its hash is the fingerprint's `weights`),
+    so that queries find the file by themselves while it stays where the index was built from."""
+    if weights in ("openai", "untrained"):
+        return {}
+    return {"weights_file": str(Path(weights).resolve())}
+
+
+def remembered_weights_file(fp: Fingerprint) -> str:
+    """The local weights file an index records, when it is still there with the recorded hash."""
+    from .images import content_sha256
+
+    w = str(fp.weights)
+    path = (fp.extra or {}).get("weights_file")
+    if not path:
+        raise EncoderError(f"the index was built with a local weights file ({w[:19]}...); pass it with --weights PATH")
+    if not Path(path).is_file():
+        raise EncoderError(f"the index was built with the weights file {path}, which is no longer there; "
+                           "pass its new place with --weights PATH")
+    if "sha256:" + content_sha256(Path(path)) != w:
+        raise EncoderError(f"{path}: this weights file changed since the index was built (its hash is not "
+                           f"{w[:19]}...); pass the original with --weights PATH")
+    return path
 
 
 def build_visual(spec: EncoderSpec, full: bool = False) -> torch.nn.Module:
@@ -221,7 +245,7 @@ class LayerEncoder:
         return Fingerprint(model=self.spec.model, layer=self.spec.layer, weights=self._weights_id,
                            image_size=self.spec.image_size, preprocess=PREPROCESS_VERSION,
                            feature_shape=tuple(self.feature_shape), precision=self.precision,
-                           torch=torch.__version__.split("+")[0])
+                           torch=torch.__version__.split("+")[0], extra=weights_file_record(self.spec.weights))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, dtype=self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)

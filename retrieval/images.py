@@ -26,6 +26,8 @@ PAPER_LEVEL = 230  # grey level (0-255) below which a pixel counts as ink
 def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Decode `path` into an RGB image on white, or raise ImageError naming the file and the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
     try:
         if os.path.getsize(path) == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")

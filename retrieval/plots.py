@@ -117,7 +117,8 @@ def study2_figure(panels: Sequence[tuple], out_path: str, suptitle: str | None =
 
 
 def cmc_figure(curves: Sequence[tuple], out_path: str, title: str | None = None, max_k: int = 50) -> str:
-    """Cumulative match curves: curves are (label, ranks (1-based array), N); acc@k for k = 1..min(N, max_k)."""
+    """Cumulative match curves: curves are (label, ranks (1-based array), M gallery shapes); acc@k for
+    k = 1..min(M, max_k), with the chance line k / M."""
     fig = Figure(figsize=(5.5, 4))
     ax = fig.subplots()
     for label, ranks, N in curves:
@@ -125,7 +126,7 @@ def cmc_figure(curves: Sequence[tuple], out_path: str, title: str | None = None,
         K = int(min(N, max_k))
         ks = np.arange(1, K + 1)
         acc = [(ranks <= k).mean() for k in ks]
-        ax.plot(ks, acc, marker="." if K <= 20 else None, label=f"{label} (N={N})")
+        ax.plot(ks, acc, marker="." if K <= 20 else None, label=f"{label} ({len(ranks)} queries, gallery {N})")
         if K <= N and N > 0:
             ax.plot(ks, ks / N, ls=":", lw=0.8, color="grey")
     ax.set_xlabel("k")

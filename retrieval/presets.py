@@ -93,7 +93,7 @@ def _check_root(root) -> Path:
         raise DatasetError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    return root
+    return root.absolute()  # views are stored by absolute path (results work from any working directory)
 
 
 def check_preset(name: str, kind: str = "sketch") -> str:

@@ -41,6 +41,10 @@ def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str
                       precision: str = "auto") -> LayerEncoder:
     """The encoder an index was built with; a differing one stops with a clear error."""
     local = weights if weights not in (None, "openai", "untrained") else None
+    built = str(index.fingerprint.get("weights"))
+    if weights in ("openai", "untrained") and built.split(":", 1)[0] != weights:
+        raise EncoderError(f"{index.folder}: --weights {weights} asked, but the index was built with weights "
+                           f"{built[:26]}; leave --weights out (a query uses the index's own weights)")
     spec = EncoderSpec.from_fingerprint(index.fingerprint, weights_path=local)
     if local is not None:  # a file given for an openai/untrained index: its fingerprint will not match
         spec = replace(spec, weights=local)

@@ -36,8 +36,8 @@ def test_table_output_and_pairs(dataset, index32):
     img = dataset / "sketch" / "shape01" / "az000.png"
     shapes = run_cli(["query", img, "--index", index32, "-k", "4", "--precision", "fp32"]).output
     assert shapes.splitlines()[0].split()[:6] == ["rank", "shape", "category", "viewpoint", "domain", "distance"]
-    assert len(shapes.strip().splitlines()) == 5
-    listed = [ln.split()[1] for ln in shapes.strip().splitlines()[1:]]
+    assert len(shapes.strip().splitlines()) == 6 and shapes.strip().splitlines()[-1].startswith("weights: ")
+    listed = [ln.split()[1] for ln in shapes.strip().splitlines()[1:-1]]
     assert len(set(listed)) == 4  # one row per shape
     pairs = json.loads(run_cli(["query", img, "--index", index32, "-k", "8", "--pairs", "--json",
                                 "--precision", "fp32"]).stdout)["hits"]
@@ -187,8 +187,18 @@ def test_local_weights_file(dataset, tmp_path):
     with ShapeIndex(out, gpu="never") as si:
         assert si.fingerprint["weights"].startswith("sha256:")
     img = data / "npr" / "shape01" / "az000.png"
+    # the index remembers the file (path and hash): no --weights needed while it stays put
+    hits = json.loads(run_cli(["query", img, "--index", out, "--json", "--precision", "fp32"]).stdout)["hits"]
+    assert hits[0]["shape"] == "shape01" and hits[0]["distance"] < 1e-6
+    moved = tmp_path / "moved.pt"
+    ckpt.rename(moved)
     res = run_cli(["query", img, "--index", out], ok=False)
-    assert res.exit_code == 1 and "--weights PATH" in res.output
+    assert res.exit_code == 1 and "no longer there" in res.output and "--weights PATH" in res.output
+    ckpt.write_bytes(b"something else")
+    res = run_cli(["query", img, "--index", out], ok=False)
+    assert res.exit_code == 1 and "changed" in res.output and "--weights PATH" in res.output
+    ckpt.unlink()
+    moved.rename(ckpt)
     hits = json.loads(run_cli(["query", img, "--index", out, "--weights", ckpt, "--json",
                                "--precision", "fp32"]).stdout)["hits"]
     assert hits[0]["shape"] == "shape01" and hits[0]["distance"] < 1e-6
@@ -201,6 +211,7 @@ def test_local_weights_file(dataset, tmp_path):
     torch.save({"foo": torch.zeros(3)}, bad)
     res = run_cli(["index", data, "--out", tmp_path / "x", "--weights", bad, "--quiet"], ok=False)
     assert res.exit_code == 1 and "bad.pt" in res.output and "not an RN101" in res.output
+    assert not (tmp_path / "x").exists()  # a failed first build leaves no empty index folder
 
 
 def test_openai_offline_names_alternatives(dataset, tmp_path, monkeypatch):

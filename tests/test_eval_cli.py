@@ -62,7 +62,15 @@ def test_eval_bad_input(index32, tmp_path):
     data = make_dataset(tmp_path / "d", n_shapes=3, domains=("npr",))
     run_cli(["index", data, "--out", only_npr, *UNTRAINED, "--quiet"])
     one_line(run_cli(["eval", "--index", only_npr, "--out", tmp_path / "r1"], ok=False), "only_npr", "sketch")
-    one_line(run_cli(["eval", "--index", index32, "--out", tmp_path / "r2", "--objects", "50"], ok=False), "50")
+    res = run_cli(["eval", "--index", index32, "--out", tmp_path / "r2", "--objects", "50", "--quiet"])
+    assert "note: --objects 50 is more than the 6 shapes" in res.output  # lowered, not refused
+    # no sketches yet: the pair that is possible (npr-rgb) runs, the skipped ones are named
+    no_sketch = tmp_path / "no_sketch"
+    run_cli(["index", make_dataset(tmp_path / "d2", n_shapes=3, domains=("npr", "rgb")), "--out", no_sketch,
+             *UNTRAINED, "--quiet"])
+    res = run_cli(["eval", "--index", no_sketch, "--out", tmp_path / "r6", "--objects", "2", "--quiet"])
+    assert "note: skipped sketch-npr: index 'no_sketch' has no 'sketch' views" in res.output
+    assert [ln.split()[1] for ln in res.output.splitlines() if ln.startswith("no_sketch ")] == ["npr-rgb"]
     one_line(run_cli(["eval", "--index", tmp_path / "nothing", "--out", tmp_path / "r3"], ok=False), "nothing")
     single = tmp_path / "single"
     run_cli(["index", make_dataset(tmp_path / "d1", n_shapes=1), "--out", single, *UNTRAINED, "--quiet"])

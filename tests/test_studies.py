@@ -361,10 +361,8 @@ def test_result_sheet(tmp_path):
 def test_bad_inputs(tmp_path):
     A = _rand(N=4)
     src = FakeSource({"sketch": A, "npr": A}, name="idxA")
-    with pytest.raises(StudyError, match=r"idxA.*'rgb'"):
-        evaluate([src], tmp_path, progress=False)
-    with pytest.raises(StudyError, match="N=4"):
-        evaluate([src], tmp_path, pairs=[("sketch", "npr")], objects=5, progress=False)
+    with pytest.raises(StudyError, match=r"no domain pair.*idxA.*'rgb'"):
+        evaluate([src], tmp_path, pairs=[("sketch", "rgb")], progress=False)
     lonely = FakeSource({"sketch": A, "npr": A}, masks={"npr": np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])})
     with pytest.raises(StudyError, match="at least 2"):
         evaluate([lonely], tmp_path, pairs=[("sketch", "npr")], objects=1, progress=False)
@@ -394,3 +392,73 @@ def test_present_fast_path_is_used():
     assert np.array_equal(got, m) and src.calls == 0
     plain = FakeSource({"sketch": A, "npr": A}, masks={"npr": m})
     assert np.array_equal(present_masks(plain, "npr"), m) and plain.calls > 0
+
+
+# ------------------------------------------------------------------ partial data
+
+
+def test_partial_queries_are_ranked_against_the_full_gallery(tmp_path):
+    """3 sketched shapes of 11: the gallery keeps all 11 (N=3 queries, M=11), so distractors count."""
+    A = _rand(N=11)
+    sk = A.copy()
+    for a in range(3):  # each sketch lies nearer to an unsketched shape (a + 8) than to its own
+        sk[a] = A[a] + 0.6 * (A[a + 8] - A[a])
+    mask = np.zeros((11, 3), bool)
+    mask[:3] = True
+    src = FakeSource({"sketch": sk, "npr": A}, masks={"sketch": mask})
+    rep = evaluate([src], tmp_path, pairs=[("sketch", "npr")], objects=3, progress=False)
+    p = rep["sources"][0]["pairs"][0]
+    assert (p["N"], p["M"]) == (3, 11)
+    assert p["study1"]["acc@1"] == 0.0 and p["study1"]["acc@5"] == 1.0  # the distractor comes first
+    assert p["missing_views"]["gallery_shapes_without_query"] == 8
+    rows = list(csv.reader(open(tmp_path / "study1_fake_sketch-npr.csv")))
+    assert len(rows) == 1 + 3 and len(rows[0]) == 1 + 11
+    S = np.array([[float(x) for x in r[1:]] for r in rows[1:]])
+    ref = direct_eq1(sk, mask, A, np.ones((11, 3), bool))[:3]
+    np.testing.assert_allclose(S, ref, rtol=1e-4)
+    ranks = {r[0]: (int(r[2]), r[3]) for r in csv.reader(open(tmp_path / "study1_fake_sketch-npr_ranks.csv"))
+             if r[0] != "shape"}
+    assert ranks["shape000"] == (2, "shape008")
+    assert rep["headline"][0]["M"] == 11 and "| M |" in (tmp_path / "report.md").read_text()
+
+
+def test_missing_domain_pairs_are_skipped_and_objects_clamped(tmp_path):
+    A = _rand(N=4)
+    src = FakeSource({"npr": A, "rgb": A + 0.1}, name="nosketch")
+    rep = evaluate([src], tmp_path, objects=50, progress=False)
+    assert rep["pairs"] == [["npr", "rgb"]]
+    assert [s["pair"] for s in rep["skipped_pairs"]] == ["sketch-npr", "sketch-rgb"]
+    assert "no 'sketch' views" in rep["skipped_pairs"][0]["reason"]
+    assert rep["objects"] == 4 and any("--objects 50" in n for n in rep["notes"])
+    md = (tmp_path / "report.md").read_text()
+    assert "skipped sketch-npr" in md
+
+
+def test_study2_cells_show_tiny_distances(tmp_path):
+    """Untrained weights give distances around 1e-6: the report must not print them as 0.0000."""
+    A = _rand(N=5, offset=0.0) * 1e-3
+    src = FakeSource({"sketch": A, "npr": A * 1.5})
+    rep = evaluate([src], tmp_path, pairs=[("sketch", "npr")], objects=3, progress=False)
+    m = rep["sources"][0]["pairs"][0]["study2"]["mean"][0][0]
+    assert 1e-7 < m < 1e-5
+    md = (tmp_path / "report.md").read_text()
+    assert f"{m:.4g}" in md and "0.0000 ± 0.0000" not in md
+
+
+def test_shrec_metrics_next_to_acc_at_k_by_hand(tmp_path):
+    """Shapes on a line at 0, 1, 10, 11 with categories a, b, a, b: every ranking is known (worked out below)."""
+    pos = np.array([0.0, 1.0, 10.0, 11.0])
+    A = np.repeat(pos[:, None, None], 3, axis=1).repeat(4, axis=2)      # (4, V=3, D=4): distance = (pos diff)^2
+    cats = {"shape000": "a", "shape001": "b", "shape002": "a", "shape003": "b"}
+    rep = evaluate([FakeSource({"sketch": A, "npr": A}, categories=cats)], tmp_path, pairs=[("sketch", "npr")],
+                   objects=2, progress=False)
+    m = rep["sources"][0]["pairs"][0]["study1"]["shrec"]
+    # rankings: q0 a,b,a,b  q1 b,a,a,b  q2 a,b,b,a  q3 b,a,b,a (R = 2 each, top 32 = all 4)
+    dcg13, dcg24 = (1 + 1 / np.log2(3)) / 2, (1 + 1 / np.log2(4)) / 2
+    want = {"nn": 1.0, "first_tier": 0.5, "second_tier": 1.0, "e_measure": 2 / 3,
+            "dcg": (2 * dcg13 + 2 * dcg24) / 4, "map": (2 * (1 + 2 / 3) / 2 + 2 * (1 + 2 / 4) / 2) / 4}
+    assert set(m["micro"]) == set(want)
+    for k, v in want.items():
+        assert m["micro"][k] == pytest.approx(v), k
+    assert m["n_queries"] == 4 and m["n_classes"] == 2
+    assert "SHREC metrics of Study 1" in (tmp_path / "report.md").read_text()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..dataset import DATASET_JSON, write_dataset_json
 from ..errors import ConfigError, CvretError
 from ..fsio import atomic_write_text
-from ..pool import run_jobs
+from ..pool import available_cores, run_jobs
 from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .camera import RENDERER_VERSION, RenderSettings
 from .mesh import MESH_EXTENSIONS, PreparedMesh, load_mesh, mesh_signature, prepare
@@ -168,6 +168,32 @@ def check_orientation(out_dir, settings: RenderSettings) -> None:
                           "(one dataset cannot mix conventions: render into another --out folder)")
 
 
+def check_settings(out_dir, settings: RenderSettings) -> None:
+    """Refuse to render into a dataset made with other settings (size, line width, colours...).
+
+    Resuming re-renders only the shapes of this run, so a changed setting would leave views of two
+    looks (e.g. 256 px beside 224 px) in one dataset. Settings a dataset.json does not record (older
+    cvret) count as the defaults of that time; the orientation has its own message (check_orientation)."""
+    check_orientation(out_dir, settings)
+    path = Path(out_dir) / DATASET_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    render = meta.get("render") if isinstance(meta, dict) else None
+    old = render.get("settings") if isinstance(render, dict) else None
+    if not isinstance(old, dict):
+        return
+    new = json.loads(json.dumps(settings.to_dict()))
+    defaults = json.loads(json.dumps(RenderSettings().to_dict()))
+    skip = {"front", "up", "azimuth_sign"}
+    changed = [k for k in new if k not in skip and old.get(k, defaults[k]) != new[k]]
+    if changed:
+        what = ", ".join(f"{k} {old.get(k, defaults[k])!r} -> {new[k]!r}" for k in changed)
+        raise ConfigError(f"{path}: this dataset was rendered with other settings ({what}); one dataset cannot mix "
+                          "them: render into another --out folder, or give the same options")
+
+
 def _record_path(out_dir: Path, shape_id: str) -> Path:
     return out_dir / RECORD_DIR / f"{shape_id}.json"
 
@@ -241,7 +267,7 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
     out_dir = Path(out_dir)
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
-    check_orientation(out_dir, settings)
+    check_settings(out_dir, settings)
     sid = _safe(str(shape_id))
     fp = views_fingerprint(settings, viewpoints)
     sig = "mesh:" + mesh_signature(mesh)
@@ -259,6 +285,20 @@ def render_mesh_to_dataset(mesh: trimesh.Trimesh, shape_id: str, out_dir, viewpo
 
 
 # --------------------------------------------------------------------------------------- dataset
+
+CORES_PER_WORKER = 4
+
+
+def default_workers() -> int:
+    """Render processes when --workers is not given: one per 4 cores, at least 1, at most 4.
+
+    One process is already multithreaded where rendering spends its time (Embree casts rays on
+    every core; numpy's BLAS too), and each extra process pays its own start-up (a fresh
+    interpreter importing trimesh and Embree) and competes for the same cores: on 2 cores two
+    workers rendered slower than one (issue 12). More processes only help when cores are left
+    over, hence one per CORES_PER_WORKER cores."""
+    return max(1, min(4, available_cores() // CORES_PER_WORKER))
+
 
 def _run_job(job: tuple):
     return _job(*job)
@@ -286,7 +326,7 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
                    viewpoints_for: dict | None = None) -> RenderReport:
     """Render mesh files (a file, a folder searched recursively, or a list) into a cvret dataset.
 
-    Parallel over meshes (`workers` processes, default min(cpu, 4); 1 runs inline), resumable
+    Parallel over meshes (`workers` processes, default `default_workers()`; 1 runs inline), resumable
     (shapes up to date are skipped unless `force`), and a mesh that fails is reported in
     `RenderReport.failed` with its path and reason while the others are rendered. Writes
     dataset.json with the viewpoints, categories, axis convention and render settings.
@@ -299,7 +339,7 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
     domains = _check_domains(domains)
     viewpoints = list(viewpoints)
     viewpoints_for = {str(k): list(v) for k, v in (viewpoints_for or {}).items()}
-    check_orientation(out_dir, settings)
+    check_settings(out_dir, settings)
     report = RenderReport(out_dir)
     files = [(Path(p), str(s)) for p, s in shape_files] if shape_files is not None else find_mesh_files(sources)
     all_vps = {}
@@ -322,7 +362,7 @@ def render_dataset(sources, out_dir, viewpoints=DEFAULT_VIEWPOINTS,
             report.skipped.append(sid)
     out_dir.mkdir(parents=True, exist_ok=True)
     if workers is None:
-        workers = min(os.cpu_count() or 1, 4)
+        workers = default_workers()
     workers = max(1, min(int(workers), len(jobs) or 1))
     bar = tqdm(total=len(jobs), desc="render", unit="mesh", disable=not progress or not jobs)
 

@@ -20,6 +20,7 @@ from ..viewpoints import Viewpoint
 from .orientation import CONVENTIONS, DEFAULT_CONVENTION, check_axis
 
 LINE_TONES = ("freestyle", "flat")
+RGB_COLORS = ("mesh", "uniform")
 
 # Bump when a code change alters pixels, so that resumed runs re-render old outputs.
 RENDERER_VERSION = "2"  # 2: mesh files turned from their convention (front/up) before rendering
@@ -50,6 +51,7 @@ class RenderSettings:
     front: str = CONVENTIONS[DEFAULT_CONVENTION][0]  # the object's front in the mesh file (shapenet-v2: -z)
     up: str = CONVENTIONS[DEFAULT_CONVENTION][1]     # the object's up in the mesh file (+y)
     azimuth_sign: int = 1              # +1: increasing azimuth goes round to the object's left; -1: its right
+    rgb_colors: str = "mesh"           # mesh: the file's colours (base_color where it has none); uniform: base_color
 
     def __post_init__(self):
         if int(self.size) < 8:
@@ -62,8 +64,10 @@ class RenderSettings:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < float(self.crease_angle) <= 180:
             raise ConfigError(f"crease_angle must be in (0, 180], got {self.crease_angle}")
-        if float(self.line_width) < 0:
-            raise ConfigError(f"line_width must be >= 0, got {self.line_width}")
+        if not float(self.line_width) > 0:
+            raise ConfigError(f"--line-width must be > 0 pixels, got {self.line_width} (0 would draw no lines)")
+        if self.rgb_colors not in RGB_COLORS:
+            raise ConfigError(f"--rgb-colors {self.rgb_colors!r}: unknown; choose from {', '.join(RGB_COLORS)}")
         object.__setattr__(self, "front", check_axis(self.front, "front"))
         object.__setattr__(self, "up", check_axis(self.up, "up"))
         if self.front[1] == self.up[1]:
@@ -97,6 +101,8 @@ class RenderSettings:
     def fingerprint(self) -> str:
         """Short stable hash of every setting plus the renderer version (used to resume runs)."""
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        if payload["rgb_colors"] == "mesh":  # the behaviour before the option: old datasets stay up to date
+            del payload["rgb_colors"]
         payload["_renderer"] = RENDERER_VERSION
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -120,6 +120,56 @@ def _obj_textures(path: Path) -> dict[str, bool]:
     return missing
 
 
+def _colour_array(rows: list) -> np.ndarray:
+    """RGBA uint8 from OFF colour rows: 3 or 4 numbers each, 0..255 integers or 0..1 floats."""
+    vals = np.array([r[:3] + [r[3] if len(r) > 3 else None] for r in rows], dtype=object)
+    rgb = vals[:, :3].astype(np.float64)
+    scale = 1.0 if rgb.max(initial=0.0) > 1.0 else 255.0  # floats in 0..1, or bytes
+    alpha = np.array([255.0 if v is None else float(v) * scale for v in vals[:, 3]])
+    return np.clip(np.rint(np.column_stack([rgb * scale, alpha])), 0, 255).astype(np.uint8)
+
+
+def _off_with_colors(path: Path) -> trimesh.Trimesh | None:
+    """An OFF file with its vertex (COFF) or face colours, which trimesh's OFF reader drops; None when the
+    file states no colours (trimesh reads it then). Polygons are split into triangle fans."""
+    words = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.split("#", 1)[0].split()
+        if line:
+            words.append(line)
+    if not words or not words[0][0].upper().endswith("OFF"):
+        return None
+    raw = words[0][0][:-3]
+    if "ST" in raw.upper() or "4" in raw or "n" in raw:  # texture coordinates, 4D, nOFF: left to trimesh
+        return None
+    head = raw.upper()
+    rest = words[0][1:] or words[1]
+    body = words[1:] if words[0][1:] else words[2:]
+    nv, nf = int(rest[0]), int(rest[1])
+    vlines, flines = body[:nv], body[nv:nv + nf]
+    if len(vlines) < nv or len(flines) < nf:
+        return None
+    skip = 3 + (3 if "N" in head else 0)
+    vertices = np.array([[float(x) for x in v[:3]] for v in vlines], dtype=np.float64)
+    vcols = [[float(x) for x in v[skip:skip + 4]] for v in vlines] if "C" in head else None
+    faces, fcols = [], []
+    for f in flines:
+        n = int(f[0])
+        idx = [int(x) for x in f[1:1 + n]]
+        extra = [float(x) for x in f[1 + n:]]
+        for t in range(1, n - 1):
+            faces.append([idx[0], idx[t], idx[t + 1]])
+            fcols.append(extra)
+    has_face = bool(fcols) and all(len(c) >= 3 for c in fcols)
+    has_vertex = vcols is not None and all(len(c) >= 3 for c in vcols)
+    if not (has_face or has_vertex):
+        return None
+    faces = np.array(faces, dtype=np.int64).reshape(-1, 3)
+    if has_face:  # a face colour is the more specific statement
+        return trimesh.Trimesh(vertices, faces, face_colors=_colour_array(fcols), process=False)
+    return trimesh.Trimesh(vertices, faces, vertex_colors=_colour_array(vcols), process=False)
+
+
 def load_mesh(path) -> trimesh.Trimesh:
     """Read any file trimesh reads as one triangle mesh (scene parts flattened with their transforms).
 
@@ -135,8 +185,17 @@ is rendered the light grey of an uncoloured mesh); nothing else is changed.
     if path.stat().st_size == 0:
         raise MeshError(f"{path}: empty file")
     try:
-        scene = trimesh.load_scene(str(path), process=False)
-        parts = [g for g in scene.dump(concatenate=False) if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+        coloured_off = None
+        if path.suffix.lower() == ".off":
+            try:
+                coloured_off = _off_with_colors(path)
+            except (ValueError, IndexError):  # not the simple OFF this reads: trimesh reads it (or says why not)
+                coloured_off = None
+        if coloured_off is not None:
+            parts = [coloured_off] if len(coloured_off.faces) else []
+        else:
+            scene = trimesh.load_scene(str(path), process=False)
+            parts = [g for g in scene.dump(concatenate=False) if isinstance(g, trimesh.Trimesh) and len(g.faces)]
     except MeshError:
         raise
     except Exception as e:  # trimesh raises many types (ValueError, KeyError, struct.error, ...)

@@ -41,13 +41,18 @@ def check_axis(name: str, what: str) -> str:
 
 
 def resolve(convention: str | None = None, front: str | None = None, up: str | None = None) -> tuple[str, str]:
-    """(front, up) from a convention name, overridden by explicit axes; checked for sense."""
+    """(front, up) from a convention name, overridden by explicit axes; checked for sense.
+
+    `up` alone on the default front's axis (`--up z`) takes the front that goes with it (z-up: -y)."""
     name = convention or DEFAULT_CONVENTION
     if name not in CONVENTIONS:
         raise ConfigError(f"--convention {name!r}: unknown; choose from {', '.join(CONVENTIONS)}")
     f, u = CONVENTIONS[name]
     f = check_axis(front, "front") if front else f
     u = check_axis(up, "up") if up else u
+    if up and not front and not convention and f[1] == u[1]:
+        # `--up z` alone means a Z-up file: its front is the z-up convention's (-y), or +y when upside down
+        f = CONVENTIONS["z-up"][0] if u == CONVENTIONS["z-up"][1] else "+y"
     if f[1] == u[1]:
         raise ConfigError(f"--front {f} and --up {u} are on the same axis; they must be perpendicular")
     return f, u

@@ -3,7 +3,8 @@
 Lambert shading with one key light fixed to the camera (every view lit alike, upper left
 front) plus ambient, flat face normals turned towards the viewer (so badly wound meshes shade
 correctly), the file's face or vertex colours (textures baked to vertex colours) or neutral
-grey. Supersampled and box-filtered, so edges against the white background are anti-aliased.
+grey; with `rgb_colors='uniform'` every mesh gets the neutral grey, so that brightness depends on
+shape rather than on file metadata. Supersampled and box-filtered, so edges against the white background are anti-aliased.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def cast_view(pm: PreparedMesh, viewpoint: Viewpoint, settings: RenderSettings) 
 
 def _surface_colors(pm: PreparedMesh, rc: RayCast, hit: np.ndarray, settings: RenderSettings) -> np.ndarray:
     faces = rc.face.reshape(-1)[hit]
-    if pm.colors is None:
+    if pm.colors is None or settings.rgb_colors == "uniform":  # uniform: one light material for every mesh
         return np.broadcast_to(np.asarray(settings.base_color, dtype=np.float64), (len(faces), 3))
     kind, values = pm.colors
     if kind == "face":

@@ -84,7 +84,9 @@ def ci_overlaps(ci_low: np.ndarray, ci_high: np.ndarray) -> list[dict]:
 
 
 def true_ranks(S: np.ndarray) -> np.ndarray:
-    """1-based rank of the diagonal (true) shape in each row, ties pessimistic (count of values <= true)."""
+    """1-based rank of the diagonal (true) shape in each row, ties pessimistic (count of values <= true).
+
+    S may be N x M with M >= N (a gallery larger than the query set): row a's true shape is column a."""
     S = np.asarray(S, dtype=np.float64)
     t = np.diag(S)
     return (S <= t[:, None]).sum(axis=1).astype(np.int64)
@@ -112,14 +114,17 @@ def retrieval_metrics(S: np.ndarray, ks: Sequence[int] = KS, rows: np.ndarray | 
     return out
 
 
-def category_metrics(S: np.ndarray, cats: Sequence[str], ks: Sequence[int] = KS) -> dict:
+def category_metrics(S: np.ndarray, cats: Sequence[str], ks: Sequence[int] = KS,
+                     gallery_cats: Sequence[str] | None = None) -> dict:
     """Per query category: the metrics of :func:`retrieval_metrics` (whole gallery), plus category acc@1
     (every gallery shape at the row minimum has the query's category — pessimistic on ties).
+    `gallery_cats`: the categories of S's columns when the gallery is larger than the queries (default `cats`).
     Returns {'overall_category_acc@1': float, 'per_category': {cat: {...}}}."""
     S = np.asarray(S, dtype=np.float64)
     cats = np.asarray([str(c) for c in cats])
+    gcats = cats if gallery_cats is None else np.asarray([str(c) for c in gallery_cats])
     at_min = S <= S.min(axis=1, keepdims=True)
-    wrong_cat_at_min = (at_min & (cats[None, :] != cats[:, None])).any(axis=1)
+    wrong_cat_at_min = (at_min & (gcats[None, :] != cats[:, None])).any(axis=1)
     cat_hit = ~wrong_cat_at_min
     per = {}
     for c in sorted(set(cats.tolist())):

@@ -62,11 +62,13 @@ class _Columns:
             self._filled = True
 
 
-def _iter_row_blocks(src, dom_i, dom_j, idx, V, memory_mb, extra_per_shape=0.0):
-    """Yield (r0, r1, A, Am, An, columns) with A centred; `columns` iterates the gallery blocks."""
+def _iter_row_blocks(src, dom_i, dom_j, idx, V, memory_mb, extra_per_shape=0.0, gallery=None):
+    """Yield (r0, r1, A, Am, An, columns) with A centred; `columns` iterates the gallery blocks
+    (the shapes `gallery`, default the query shapes `idx`)."""
+    gallery = idx if gallery is None else gallery
     D = _feature_dim(src, dom_i, idx, V)
     block = _block_rows(V, D, memory_mb, extra_per_shape)
-    cache = len(idx) * V * D * 4 * 2 <= memory_mb * 2**20 / 2
+    cache = len(gallery) * V * D * 4 * 2 <= memory_mb * 2**20 / 2
     centre = None
     cols = None
     for r0 in range(0, len(idx), block):
@@ -76,7 +78,7 @@ def _iter_row_blocks(src, dom_i, dom_j, idx, V, memory_mb, extra_per_shape=0.0):
             raise StudyError(f"index '{_src_label(src)}' returned features of length {f.shape[2]}, expected {D}")
         if centre is None:
             centre = common_centre(f, m)
-            cols = _Columns(src, dom_j, idx, V, block, centre, cache)
+            cols = _Columns(src, dom_j, gallery, V, block, centre, cache)
         A, An = centred_with_norms(f, m, centre)
         yield r0, r1, A, m, An, cols, D
 
@@ -146,8 +148,8 @@ def view_distance_matrix(src, dom_i: str, dom_j: str, shape_idx=None, *, memory_
 @dataclass
 class PairPass:
     """Everything one blocked pass over a domain pair produces (indices relative to `shape_idx`)."""
-    S: np.ndarray                 # (N, N) Study 1
-    shared: np.ndarray            # (N, N) number of shared viewpoints
+    S: np.ndarray                 # (N, M) Study 1: N query shapes x M gallery shapes
+    shared: np.ndarray            # (N, M) number of shared viewpoints
     per_object: np.ndarray        # (N, V, V) view distances of the same object, NaN where missing
     joint_rank_view: np.ndarray   # (N, V) rank of the best view of the true shape among all gallery views
     joint_rank_shape: np.ndarray  # (N, V) rank of the true shape when shapes are ranked by their best view
@@ -155,33 +157,47 @@ class PairPass:
     joint_exact: np.ndarray       # (N, V) bool: the overall top-1 gallery view is the query's (shape, viewpoint)
     joint_valid: np.ndarray       # (N, V) bool: view present in domain i (a query)
     mask_i: np.ndarray            # (N, V) present in domain i
-    mask_j: np.ndarray            # (N, V) present in domain j
+    mask_j: np.ndarray            # (M, V) present in domain j (the gallery)
+    gallery: np.ndarray | None = None  # (M,) gallery shape positions: the N query shapes first, in their order
     extra: dict = field(default_factory=dict)
 
 
-def pair_pass(src, dom_i: str, dom_j: str, shape_idx=None, *, memory_mb: float = DEFAULT_MEMORY_MB,
+def gallery_order(shape_idx: np.ndarray, gallery_idx=None) -> np.ndarray:
+    """The gallery with the query shapes first (so query a's true shape is gallery column a)."""
+    shape_idx = np.asarray(shape_idx, dtype=np.int64).reshape(-1)
+    if gallery_idx is None:
+        return shape_idx
+    rest = np.setdiff1d(np.asarray(gallery_idx, dtype=np.int64).reshape(-1), shape_idx)
+    return np.concatenate([shape_idx, rest])
+
+
+def pair_pass(src, dom_i: str, dom_j: str, shape_idx=None, *, gallery_idx=None, memory_mb: float = DEFAULT_MEMORY_MB,
               progress: bool = False, device: str = "cpu") -> PairPass:
     """One blocked pass computing every single-view distance between the N x V views of `dom_i` and
-    the N x V views of `dom_j` (one matmul per block pair), reduced on the fly to: the Study 1 matrix
-    (eq. 1), the per-object V x V view distances (eq. 2 before averaging) and the joint shape+viewpoint
-    retrieval ranks. Memory: feature blocks plus a (rows x V x N x V) float64 distance buffer."""
+    the M x V views of `dom_j` (one matmul per block pair), reduced on the fly to: the Study 1 matrix
+    (eq. 1, N x M), the per-object V x V view distances (eq. 2 before averaging) and the joint
+    shape+viewpoint retrieval ranks. The gallery is `gallery_idx` (default: the N query shapes) with
+    the query shapes first, so that query a's true shape is column a; shapes that have no query
+    (e.g. no sketch) stay in the gallery as distractors. Memory: feature blocks plus a
+    (rows x V x M x V) float64 distance buffer."""
     V, idx = _pair_args(src, dom_i, dom_j, shape_idx)
-    N = len(idx)
-    num = np.zeros((N, N), dtype=np.float64)
-    cnt = np.zeros((N, N), dtype=np.int32)
+    gal = gallery_order(idx, gallery_idx)
+    N, M = len(idx), len(gal)
+    num = np.zeros((N, M), dtype=np.float64)
+    cnt = np.zeros((N, M), dtype=np.int32)
     per_obj = np.full((N, V, V), np.nan)
     rank_view = np.zeros((N, V), dtype=np.int64)
     rank_shape = np.zeros((N, V), dtype=np.int64)
     vp_ok = np.zeros((N, V), dtype=bool)
     exact = np.zeros((N, V), dtype=bool)
     mask_i = np.zeros((N, V), dtype=bool)
-    mask_j = np.zeros((N, V), dtype=bool)
+    mask_j = np.zeros((M, V), dtype=bool)
     ar = np.arange(V)
-    extra_per_shape = 4.0 * V * N * V * 8  # distance buffer + temporaries per row shape
-    for r0, r1, A, Am, An, cols, _ in _iter_row_blocks(src, dom_i, dom_j, idx, V, memory_mb, extra_per_shape):
+    extra_per_shape = 4.0 * V * M * V * 8  # distance buffer + temporaries per row shape
+    for r0, r1, A, Am, An, cols, _ in _iter_row_blocks(src, dom_i, dom_j, idx, V, memory_mb, extra_per_shape, gal):
         na = r1 - r0
         mask_i[r0:r1] = Am
-        Dr = np.full((na, V, N, V), np.inf, dtype=np.float64)
+        Dr = np.full((na, V, M, V), np.inf, dtype=np.float64)
         Af = A.reshape(na * V, -1)
         for c0, c1, B, Bm, Bn in cols:
             nb = c1 - c0
@@ -200,12 +216,12 @@ def pair_pass(src, dom_i: str, dom_j: str, shape_idx=None, *, memory_mb: float =
         rows = np.arange(na)
         own = Dr[rows, :, r0 + rows, :]                              # (na, V, V)
         per_obj[r0:r1] = np.where(np.isfinite(own), own, np.nan)
-        # joint retrieval: query (a, k) against all N x V gallery views
+        # joint retrieval: query (a, k) against all M x V gallery views
         t = own.min(axis=2)                                          # (na, V) best view of the true shape
         le_all = (Dr <= t[:, :, None, None]).sum(axis=(2, 3))
         le_own = (own <= t[:, :, None]).sum(axis=2)
         rank_view[r0:r1] = 1 + le_all - le_own
-        best_per_shape = Dr.min(axis=3)                              # (na, V, N)
+        best_per_shape = Dr.min(axis=3)                              # (na, V, M)
         rank_shape[r0:r1] = (best_per_shape <= t[:, :, None]).sum(axis=2)
         diag = own[:, ar, ar]                                        # (na, V)
         ok = np.isfinite(diag) & (diag <= t) & (le_own == 1)
@@ -215,7 +231,8 @@ def pair_pass(src, dom_i: str, dom_j: str, shape_idx=None, *, memory_mb: float =
     with np.errstate(invalid="ignore", divide="ignore"):
         S = np.where(cnt > 0, num / np.maximum(cnt, 1), np.inf)
     return PairPass(S=S, shared=cnt, per_object=per_obj, joint_rank_view=rank_view, joint_rank_shape=rank_shape,
-                    joint_vp_ok=vp_ok, joint_exact=exact, joint_valid=mask_i.copy(), mask_i=mask_i, mask_j=mask_j)
+                    joint_vp_ok=vp_ok, joint_exact=exact, joint_valid=mask_i.copy(), mask_i=mask_i, mask_j=mask_j,
+                    gallery=gal)
 
 
 def present_masks(src, domain: str, *, memory_mb: float = DEFAULT_MEMORY_MB) -> np.ndarray:

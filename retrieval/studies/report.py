@@ -121,27 +121,43 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
     objects, study2_objects = int(objects), int(study2_objects)
     for src in sources:
         _check_viewpoints(src)
-        for i, j in pairs:
-            _check_domain(src, i)
-            _check_domain(src, j)
+    # pairs an index cannot run (a domain it lacks, e.g. no sketches yet) are skipped and said so
+    notes: list[str] = []
+    skipped = []
+    for i, j in pairs:
+        lacking = [(_src_label(src), d) for src in sources for d in (i, j) if d not in list(getattr(src, "domains", []))]
+        if lacking:
+            why = "; ".join(f"index '{name}' has no '{d}' views" for name, d in dict.fromkeys(lacking))
+            skipped.append({"pair": _pair_key(i, j), "reason": why})
+            notes.append(f"skipped {_pair_key(i, j)}: {why}")
+    pairs = [p for p in pairs if _pair_key(*p) not in {s["pair"] for s in skipped}]
+    if not pairs:
+        have = "; ".join(f"index '{_src_label(src)}' has: {', '.join(getattr(src, 'domains', [])) or 'none'}"
+                         for src in sources)
+        raise StudyError(f"no domain pair can be evaluated ({'; '.join(s['reason'] for s in skipped)}; {have})")
 
-    # presence masks and the shapes of every pair, for every source, before any heavy work
+    # presence masks, the query shapes (views in both domains) and the gallery (views in the gallery
+    # domain) of every pair, for every source, before any heavy work
     domains_needed = sorted({d for p in pairs for d in p})
     prepared = []
+    asked_objects = objects
     for src in sources:
         label = _src_label(src)
         masks = {d: present_masks(src, d, memory_mb=memory_mb) for d in domains_needed}
         pair_sets = {}
         for i, j in pairs:
             sel = np.flatnonzero(masks[i].any(axis=1) & masks[j].any(axis=1))
+            gallery = np.flatnonzero(masks[j].any(axis=1))
             if len(sel) < 2:
                 raise StudyError(f"index '{label}': only {len(sel)} shape(s) have both '{i}' and '{j}' views; "
                                  f"the studies need at least 2")
             if objects > len(sel):
-                raise StudyError(f"index '{label}': objects={objects} is larger than N={len(sel)} "
-                                 f"(shapes with both '{i}' and '{j}' views)")
-            pair_sets[(i, j)] = sel
+                objects = len(sel)
+            pair_sets[(i, j)] = (sel, gallery)
         prepared.append((masks, pair_sets))
+    if objects < asked_objects:
+        notes.append(f"--objects {asked_objects} is more than the {objects} shapes with views in both domains of "
+                     f"every pair; the figures show {objects}")
 
     ev = Evaluation(report={})
     used_slugs: set[str] = set()
@@ -160,9 +176,9 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
         cats_map = dict(getattr(src, "categories", {}) or {})
         # the figure's shapes: same shapes in every panel when possible (seeded)
         rng = np.random.default_rng(seed)
-        common = pair_sets[pairs[0]]
+        common = pair_sets[pairs[0]][0]
         for p in pairs[1:]:
-            common = np.intersect1d(common, pair_sets[p])
+            common = np.intersect1d(common, pair_sets[p][0])
         fig_common = np.sort(rng.choice(common, size=objects, replace=False)) if len(common) >= objects else None
 
         dataset = {
@@ -187,12 +203,14 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
         fig1_panels, fig2_panels, cmc_curves = [], [], []
         for i, j in pairs:
             key = _pair_key(i, j)
-            sel = pair_sets[(i, j)]
+            sel, gallery = pair_sets[(i, j)]
             N = len(sel)
             ids = [shapes[s] for s in sel]
-            _log(progress, f"{label}: {key}, N={N}, V={V}")
-            pp = pair_pass(src, i, j, sel, memory_mb=memory_mb, progress=progress, device=device)
+            _log(progress, f"{label}: {key}, N={N} queries, M={len(gallery)} gallery shapes, V={V}")
+            pp = pair_pass(src, i, j, sel, gallery_idx=gallery, memory_mb=memory_mb, progress=progress, device=device)
             S = pp.S
+            M = S.shape[1]
+            gallery_ids = [shapes[s] for s in pp.gallery]
 
             # ---- Study 1
             s1 = retrieval_metrics(S)
@@ -200,7 +218,9 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
             nearest = np.argmin(np.where(np.isnan(S), np.inf, S), axis=1)
             if cats_map:
                 cats = [str(cats_map.get(s, "unknown")) for s in ids]
-                s1.update(category_metrics(S, cats))
+                gallery_cats = [str(cats_map.get(s, "unknown")) for s in gallery_ids]
+                s1.update(category_metrics(S, cats, gallery_cats=gallery_cats))
+                s1["shrec"] = shrec_metrics(S, cats, gallery_cats)
             else:
                 cats = None
             if fig_common is not None:
@@ -214,17 +234,19 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
             s1["diag_min_frac_figure"] = float(np.mean(np.diag(Sf) <= Sf.min(axis=1)))
             s1["acc@1_figure"] = float(np.mean(true_ranks(Sf) <= 1))
             csv1 = f"study1_{slug}_{key}.csv"
-            ev.matrices.append((csv1, S, ids, ids, f"{i}\\{j}"))
+            ev.matrices.append((csv1, S, ids, gallery_ids, f"{i}\\{j}"))
             csvr = f"study1_{slug}_{key}_ranks.csv"
             ev.tables.append((csvr, ["shape", "category", "rank_of_true_shape", "nearest_shape", "distance_to_true",
                                      "distance_to_nearest", "shared_viewpoints_with_self"],
-                              [[ids[a], cats[a] if cats else "", int(ranks[a]), ids[int(nearest[a])],
+                              [[ids[a], cats[a] if cats else "", int(ranks[a]), gallery_ids[int(nearest[a])],
                                 S[a, a], S[a, nearest[a]], int(pp.shared[a, a])] for a in range(N)]))
             s1["csv"] = csv1
             s1["ranks_csv"] = csvr
             missing = {
                 "shapes_in_pair": N,
-                "shapes_excluded": int(len(shapes) - N),
+                "gallery_shapes": M,
+                "shapes_excluded": int(len(shapes) - M),
+                "gallery_shapes_without_query": int(M - N),
                 "shapes_missing_views_in_" + i: int((~pp.mask_i.all(axis=1)).sum()),
                 "shapes_missing_views_in_" + j: int((~pp.mask_j.all(axis=1)).sum()),
                 "shape_pairs_on_fewer_than_V_viewpoints": int((pp.shared < V).sum()),
@@ -268,11 +290,11 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
             # ---- joint retrieval
             jm = joint_metrics(pp, viewpoint_names=vnames)
 
-            pair_reports.append({"pair": [i, j], "key": key, "N": N, "V": V, "missing_views": missing,
+            pair_reports.append({"pair": [i, j], "key": key, "N": N, "M": M, "V": V, "missing_views": missing,
                                  "study1": s1, "study2": s2, "joint": jm})
             fig1_panels.append((f"{i} (rows) vs {j} (columns)", Sf, fig_ids, fig_ids))
             fig2_panels.append((f"{i} (rows) vs {j} (columns)", st["mean"], st["half"], vnames, vnames))
-            cmc_curves.append((key, ranks, N))
+            cmc_curves.append((key, ranks, M))
 
         f1 = f"fig1_study1_{slug}.png"
         ev.figures.append(("study1", f1, fig1_panels, f"Study 1 - {label} ({_fingerprint(src).label})"))
@@ -292,6 +314,10 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
         "objects": objects,
         "study2_objects": study2_objects,
         "pairs": [list(p) for p in pairs],
+        "skipped_pairs": skipped,
+        "notes": notes,
+        "sizes": "N: query shapes (views in both domains of the pair); M: gallery shapes (views in the gallery "
+                 "domain), ranked for every query; shapes without a query stay in the gallery as distractors",
         "distance": "d(x, y) = mean over feature elements of (x - y)^2 = ||x - y||^2 / D",
         "ci": {"kind": CI_KIND, "level": CI_LEVEL},
         "missing_view_policy": MISSING_VIEW_POLICY,
@@ -307,7 +333,18 @@ def run_studies(sources, pairs=DEFAULT_PAIRS, objects: int = 10, seed: int = 0, 
     return ev
 
 
-HEADLINE_COLUMNS = ("source", "pair", "N", "acc@1", "acc@5", "acc@10", "MRR", "diag-min", "view-acc")
+def shrec_metrics(S: np.ndarray, cats, gallery_cats) -> dict:
+    """The SHREC sketch tracks' category metrics (NN, FT, ST, E, DCG, mAP: `retrieval/shrec.py`) of a
+    Study 1 matrix, next to acc@k: a gallery shape is relevant when it has the query shape's category."""
+    from ..shrec import query_metrics, ranked_relevance, summarize
+
+    rel, n_rel = ranked_relevance(np.where(np.isnan(S), np.inf, S), cats, gallery_cats)
+    summ = summarize(query_metrics(rel, n_rel), cats)
+    return {"relevance": "category", "n_queries": summ["n_queries"], "n_classes": summ["n_classes"],
+            "micro": summ["micro"], "macro": summ["macro"]}
+
+
+HEADLINE_COLUMNS = ("source", "pair", "N", "M", "acc@1", "acc@5", "acc@10", "MRR", "diag-min", "view-acc")
 
 
 def headline_rows(report: dict) -> list[dict]:
@@ -315,7 +352,7 @@ def headline_rows(report: dict) -> list[dict]:
     for s in report["sources"]:
         for p in s["pairs"]:
             s1, s2 = p["study1"], p["study2"]
-            rows.append({"source": s["name"], "pair": p["key"], "N": p["N"],
+            rows.append({"source": s["name"], "pair": p["key"], "N": p["N"], "M": p.get("M", p["N"]),
                          "acc@1": s1.get("acc@1"), "acc@5": s1.get("acc@5"), "acc@10": s1.get("acc@10"),
                          "MRR": s1.get("mrr"), "diag-min": s1.get("diag_min_frac"),
                          "view-acc": s2["view_acc"]["overall"]})

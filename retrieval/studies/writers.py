@@ -13,6 +13,8 @@ import numpy as np
 from ..fsio import atomic_write_text
 from .report import HEADLINE_COLUMNS, Evaluation, headline_rows
 
+SHREC_KEYS = ("nn", "first_tier", "second_tier", "e_measure", "dcg", "map")
+
 def write_report(ev: Evaluation, out_dir) -> dict:
     """Write everything `run_studies` computed into `out_dir`; returns the report dict."""
     from .. import plots
@@ -68,8 +70,16 @@ def _f(v, nd=3) -> str:
     return f"{v:.{nd}f}"
 
 
+def _g(v, digits=4) -> str:
+    """A distance with `digits` significant digits, so that untrained weights' ~1e-6 values stay readable."""
+    if v is None:
+        return "-"
+    v = float(v)
+    return f"{v:.{digits}g}" if math.isfinite(v) else "-"
+
+
 def headline_table(report: dict) -> str:
-    """Plain-text table with aligned columns: source, pair, N, acc@1, acc@5, acc@10, MRR, diag-min, view-acc."""
+    """Plain-text table with aligned columns: source, pair, N, M, acc@1, acc@5, acc@10, MRR, diag-min, view-acc."""
     rows = report.get("headline") or headline_rows(report)
     cells = [list(HEADLINE_COLUMNS)]
     for r in rows:
@@ -110,6 +120,8 @@ def report_markdown(report: dict) -> str:
         L += [f"> Note on weights: {report['weights_note']}", ""]
     L += [f"cvret {report['cvret_version']}, created {report['created']}, seed {report['seed']}; "
           f"Study 1 figure: {report['objects']} objects; Study 2: up to {report['study2_objects']} objects.", ""]
+    for note in report.get("notes") or []:
+        L += [f"> Note: {note}", ""]
 
     L += ["## Indexes", ""]
     rows = []
@@ -119,8 +131,9 @@ def report_markdown(report: dict) -> str:
                      ", ".join(d["domains"]), ", ".join(f"{k}: {v}" for k, v in d["categories"].items()) or "-"])
     L += [_md_table(["index", "encoder", "shapes", "V", "domains", "categories"], rows), ""]
 
-    L += ["## Headline", "", "Study 1 shape retrieval over all N shapes (row = query shape in the first domain, "
-          "gallery = all N shapes in the second); view-acc = Study 2 view retrieval over all N shapes.", ""]
+    L += ["## Headline", "", "Study 1 shape retrieval: N query shapes (views in both domains; row = query shape in "
+          "the first domain) ranked against a gallery of M shapes (every shape with views in the second domain, "
+          "including shapes without a query); view-acc = Study 2 view retrieval over the N query shapes.", ""]
     L += [_md_table(list(HEADLINE_COLUMNS),
                     [[r["source"], r["pair"]] + [_f(r[c]) for c in HEADLINE_COLUMNS[2:]] for r in report["headline"]]), ""]
     if len(report["sources"]) > 1:
@@ -142,7 +155,7 @@ def report_markdown(report: dict) -> str:
     if len(report["sources"]) > 1 and comparison:
         names = [s["name"] for s in report["sources"]]
         L += ["### Per category: " + " vs ".join(names), "",
-              "Study 1 acc@1 / acc@5 per query category (gallery: all N shapes). "
+              "Study 1 acc@1 / acc@5 per query category (gallery: all M shapes). "
               + ("Categories marked * were trained on; the others are zero-shot." if report.get("trained_on")
                  else "No training categories given (`cvret eval --trained-on`)."), ""]
         L += [_md_table(["category", "pair", "n"] + [f"{n} acc@1 / acc@5" for n in names],
@@ -167,17 +180,23 @@ def report_markdown(report: dict) -> str:
         rows = []
         for p in s["pairs"]:
             s1 = p["study1"]
-            rows.append([p["key"], p["N"], _f(s1.get("acc@1")), _f(s1.get("acc@5")), _f(s1.get("acc@10")),
+            rows.append([p["key"], p["N"], p.get("M", p["N"]), _f(s1.get("acc@1")), _f(s1.get("acc@5")), _f(s1.get("acc@10")),
                          _f(s1.get("mean_rank"), 1), _f(s1.get("median_rank"), 1), _f(s1.get("mrr")),
                          _f(s1.get("diag_min_frac")), _f(s1.get("diag_min_frac_figure")),
                          _f(s1.get("category_acc@1")), f"[csv]({s1['csv']})"])
-        L += [_md_table(["pair", "N", "acc@1", "acc@5", "acc@10", "mean rank", "median rank", "MRR", "diag-min",
+        L += [_md_table(["pair", "N", "M", "acc@1", "acc@5", "acc@10", "mean rank", "median rank", "MRR", "diag-min",
                          "diag-min (figure)", "category acc@1", "matrix"], rows), ""]
         L += [f"![CMC]({figs['cmc']})", ""]
+        shrec_rows = [[p["key"], m["n_queries"], m["n_classes"]] + [_f(m["micro"].get(k)) for k in SHREC_KEYS]
+                      for p in s["pairs"] for m in [p["study1"].get("shrec")] if m]
+        if shrec_rows:
+            L += ["SHREC metrics of Study 1 (relevant = a gallery shape of the query's category; micro means over "
+                  "query shapes; definitions in the README):", ""]
+            L += [_md_table(["pair", "queries", "classes", "NN", "FT", "ST", "E", "DCG", "mAP"], shrec_rows), ""]
         for p in s["pairs"]:
             per = p["study1"].get("per_category")
             if per:
-                L += [f"Per query category, {p['key']} (gallery: all N shapes):", ""]
+                L += [f"Per query category, {p['key']} (gallery: all M shapes):", ""]
                 L += [_md_table(["category", "n", "acc@1", "acc@5", "acc@10", "mean rank", "MRR", "category acc@1"],
                                 [[c, m["n"], _f(m.get("acc@1")), _f(m.get("acc@5")), _f(m.get("acc@10")),
                                   _f(m.get("mean_rank"), 1), _f(m.get("mrr")), _f(m.get("category_acc@1"))]
@@ -186,10 +205,11 @@ def report_markdown(report: dict) -> str:
         mrows = []
         for p in s["pairs"]:
             mv, (i, j) = p["missing_views"], p["pair"]
-            mrows.append([p["key"], mv["shapes_in_pair"], mv["shapes_excluded"], mv["shapes_missing_views_in_" + i],
+            mrows.append([p["key"], mv["shapes_in_pair"], mv.get("gallery_shapes", mv["shapes_in_pair"]),
+                          mv["shapes_excluded"], mv["shapes_missing_views_in_" + i],
                           mv["shapes_missing_views_in_" + j], mv["shape_pairs_on_fewer_than_V_viewpoints"],
                           mv["shape_pairs_without_shared_viewpoint"], mv["true_pairs_on_fewer_than_V_viewpoints"]])
-        L += [_md_table(["pair", "N", "shapes excluded (a domain missing)", "shapes missing views (first domain)",
+        L += [_md_table(["pair", "N", "M", "shapes excluded (no view in the gallery domain)", "shapes missing views (first domain)",
                          "shapes missing views (second domain)", "shape pairs on < V viewpoints",
                          "shape pairs with no shared viewpoint", "true pairs on < V viewpoints"], mrows), ""]
 
@@ -204,18 +224,18 @@ def report_markdown(report: dict) -> str:
                 row = [name]
                 for h in range(len(vn)):
                     m, hc, n = s2["mean"][k][h], s2["half_ci"][k][h], s2["n"][k][h]
-                    cell = f"{_f(m, 4)} ± {_f(hc, 4)} ({n})"
+                    cell = f"{_g(m)} ± {_g(hc, 2)} ({n})"
                     row.append(f"**{cell}**" if h == k else cell)
                 ov = s2["ci_overlap"][k]
                 row.append("n/a" if ov["overlaps"] is None else ("yes: " + ", ".join(ov["with"]) if ov["overlaps"] else "no"))
                 row.append(_f(s2["view_acc"]["per_viewpoint"][name]))
                 rows.append(row)
             L += [_md_table(["view"] + vn + ["diag CI overlaps", "view acc"], rows), ""]
-            L += [f"View retrieval accuracy (view k strictly nearest to view k of the same object, over all N shapes): "
+            L += [f"View retrieval accuracy (view k strictly nearest to view k of the same object, over the N query shapes): "
                   f"{_f(s2['view_acc']['overall'])} (n = {s2['view_acc']['n']}, left out {s2['view_acc']['n_left_out']}).", ""]
 
         L += ["### Joint shape + viewpoint retrieval (beyond the seed)", "",
-              "Each view of the first domain queried against all N x V views of the second (single-view distances). "
+              "Each view of the first domain queried against all M x V views of the second (single-view distances). "
               "acc@k: a view of the true shape among the k nearest views; shape acc@k: true shape among the k nearest "
               "distinct shapes; viewpoint acc: the best-ranked view of the true shape has the query's viewpoint; "
               "exact@1: the top-1 view is the query's shape and viewpoint.", ""]
