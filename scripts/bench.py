@@ -120,7 +120,7 @@ def main(argv=None):
     start_load = bl.loadavg()
     ctx = Ctx(args, start_load=start_load[0] if start_load else None)
     t_all = time.perf_counter()
-    report = {"issue": [6, 14], "quick": args.quick, "weights": WEIGHTS_ID, "weights_note": WEIGHTS_NOTE,
+    report = {"issue": 6, "issues": [6, 14], "quick": args.quick, "weights": WEIGHTS_ID, "weights_note": WEIGHTS_NOTE,
               "machine": bl.machine_info(), "rules": {"busy_cores": bl.BUSY_CORES, "busy_load": bl.BUSY_LOAD},
               "sections": {}}
     m = report["machine"]

@@ -108,7 +108,10 @@ def test_bench_quick_startup(dataset, tmp_path):
     rep = run_bench(tmp_path, "startup", "--data", dataset, "--startup-views", "3,6", "--query-runs", "1")
     st = rep["sections"]["startup"]
     assert st["index"]["small"]["views"] == 3 and st["index"]["large"]["views"] == 6
-    assert st["index"]["marginal_views_per_s"] != 0 and len(st["query"]["runs_s"]) == 1
+    ix = st["index"]
+    if ix["marginal_views_per_s"] is not None:  # None only when the larger run was not slower (a busy machine)
+        assert ix["startup_s"] == pytest.approx(ix["large"]["process_s"] - 6 / ix["marginal_views_per_s"])
+    assert len(st["query"]["runs_s"]) == 1 and st["query"]["min_s"] > 0
     assert st["imports"]["by_package_s"]["torch"] > 0 and st["imports"]["total_s"] <= st["imports"]["process_s"]
 
 
@@ -168,6 +171,19 @@ def test_conv_gemm_shapes_and_flops():
     assert g == {(8 * 196, 2304, 256): 1, (8 * 49, 16, 16): 4}
     flops = sum(2 * m * k * n * c for (m, k, n), c in g.items())
     assert flops == 8 * (2 * 196 * 256 * 256 * 9 + 2 * 49 * 64 * 16)
+
+
+def test_index_rates_marginal_and_startup():
+    load_script("bench")
+    from benchmarks.startup import index_rates
+
+    r = index_rates({"views": 96, "process_s": 10.0}, {"views": 480, "process_s": 26.0})
+    assert r["marginal_views_per_s"] == pytest.approx(24.0)          # 384 more views in 16 more seconds
+    assert r["end_to_end_views_per_s"] == pytest.approx(480 / 26)
+    assert r["ratio_to_marginal"] == pytest.approx(480 / 26 / 24)
+    assert r["startup_s"] == pytest.approx(6.0)                      # 26 s - 480 views / 24 views/s
+    none = index_rates({"views": 96, "process_s": 10.0}, {"views": 480, "process_s": 9.0})
+    assert none["marginal_views_per_s"] is None and none["startup_s"] is None and none["ratio_to_marginal"] is None
 
 
 def test_import_breakdown_sums_self_times_per_package():

@@ -65,6 +65,17 @@ def import_breakdown(stderr: str) -> dict:
     return {"total_s": total, "by_package_s": dict(sorted(per.items(), key=lambda kv: -kv[1]))}
 
 
+def index_rates(small: dict, large: dict) -> dict:
+    """Marginal rate between two whole-process runs ({'views', 'process_s'}), end to end / marginal, start-up."""
+    extra_s = large["process_s"] - small["process_s"]
+    # a larger run that was not slower (possible only under heavy noise) gives no marginal rate at all
+    marginal = (large["views"] - small["views"]) / extra_s if extra_s > 0 else None
+    e2e = large["views"] / large["process_s"]
+    return {"marginal_views_per_s": marginal, "end_to_end_views_per_s": e2e,
+            "ratio_to_marginal": e2e / marginal if marginal else None,
+            "startup_s": large["process_s"] - large["views"] / marginal if marginal else None}
+
+
 def measure(ctx) -> dict:
     from retrieval.dataset import discover
 
@@ -100,12 +111,7 @@ def measure(ctx) -> dict:
         rep = json.loads(p.stdout[p.stdout.index("{"):])
         index[label] = {"views": rep["embedded"], "process_s": wall, "reported_s": rep.get("seconds"),
                         "views_per_s": rep["embedded"] / wall}
-    s, l_ = index["small"], index["large"]
-    marginal = (l_["views"] - s["views"]) / (l_["process_s"] - s["process_s"])
-    index["marginal_views_per_s"] = marginal
-    index["end_to_end_views_per_s"] = l_["views_per_s"]
-    index["ratio_to_marginal"] = l_["views_per_s"] / marginal
-    index["startup_s"] = l_["process_s"] - l_["views"] / marginal
+    index.update(index_rates(index["small"], index["large"]))
     index["load"] = watch.stop()
     res["index"] = index
 
@@ -118,7 +124,8 @@ def measure(ctx) -> dict:
     for i in range(runs):
         ctx.log(f"startup: cvret query, cold process {i + 1}/{runs}")
         times.append(run(cvret + qcmd, "cvret query")[0])
-    res["query"] = {"sketch": str(sketch.path), "domain_of_query_image": sketch.domain, "gallery_views": l_["views"],
+    res["query"] = {"sketch": str(sketch.path), "domain_of_query_image": sketch.domain,
+                    "gallery_views": index["large"]["views"],
                     "runs_s": times, "min_s": min(times), "median_s": statistics.median(times),
                     "load": watch.stop()}
 
@@ -170,10 +177,11 @@ def _load_note(load: dict) -> str:
 
 def headline(res: dict) -> list[list]:
     ix, qr = res["index"], res["query"]
-    return [["startup: cvret index end to end / marginal rate", ix["ratio_to_marginal"], f">= {INDEX_RATIO_TARGET}",
-             ix["ratio_to_marginal"] >= INDEX_RATIO_TARGET, True],
-            [f"startup: cvret index start-up (s, {ix['large']['views']} views)", ix["startup_s"],
-             f"< {STARTUP_TARGET_S}", ix["startup_s"] < STARTUP_TARGET_S, True],
+    r, s = ix["ratio_to_marginal"], ix["startup_s"]
+    return [["startup: cvret index end to end / marginal rate", r, f">= {INDEX_RATIO_TARGET}",
+             None if r is None else r >= INDEX_RATIO_TARGET, True],
+            [f"startup: cvret index start-up (s, {ix['large']['views']} views)", s, f"< {STARTUP_TARGET_S}",
+             None if s is None else s < STARTUP_TARGET_S, True],
             ["startup: cvret query cold process, min (s)", qr["min_s"], f"< {QUERY_TARGET_S}",
              qr["min_s"] < QUERY_TARGET_S, True],
             ["startup: cvret query cold process, median (s)", qr["median_s"], "-", None, True]]
