@@ -73,6 +73,9 @@ def parse_args(argv=None):
                    help="SMALL,LARGE npr views indexed by `cvret index` (default 96,480; --quick 6,18)")
     g.add_argument("--query-runs", type=int, default=None, help="cold `cvret query` runs (default 5; --quick 1)")
     args = ap.parse_args(argv)
+    sv = args.startup_views
+    if sv is not None and (len(sv) != 2 or not 0 < sv[0] < sv[1]):
+        ap.error(f"--startup-views takes SMALL,LARGE with 0 < SMALL < LARGE, not {','.join(map(str, sv))}")
     args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in args.section_list if s not in SECTIONS]
     if bad:

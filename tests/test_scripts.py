@@ -231,3 +231,12 @@ def test_bench_cluster_quick_without_ray(tmp_path):
     assert res.returncode == 0, res.stderr
     exact = json.loads(out.read_text())["shards"]["exact"]
     assert exact["one_shard_equals_exact"] is True and exact["four_shards_equal_exact"] is True
+
+
+@pytest.mark.parametrize("views", ["5", "9,3", "0,4", "3,6,9"])
+def test_bench_refuses_bad_startup_views(views, capsys):
+    bench = load_script("bench")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--startup-views", views])
+    assert "--startup-views" in capsys.readouterr().err
+    assert bench.parse_args(["--startup-views", "3,6"]).startup_views == [3, 6]

@@ -81,8 +81,8 @@ def time_gemms(gemms: Counter, repeat: int) -> list[dict]:
 
 def measure(ctx) -> dict:
     import torch
-    from retrieval.images import load_image, preprocess_array
     from retrieval.dataset import discover
+    from retrieval.images import load_image, preprocess_array
     from retrieval.indexer import build_index
 
     q = ctx.quick
