@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 
 SECTIONS = ("encode", "memory", "search", "scale", "compressed", "forward", "startup")
-DEFAULT_SECTIONS = SECTIONS
 
 
 def section(name: str):
