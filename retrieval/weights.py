@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -87,25 +87,49 @@ def network_reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def read_state_dict(path: Path) -> dict:
-    """Visual-tower tensors from an OpenAI JIT archive, an open_clip state dict, or a visual-only dict."""
-    sd = None
+def checkpoint_format(path: Path) -> str:
+    """'torchscript', 'safetensors' or 'torch' (a torch.save file), read from the file's first bytes.
+
+    Knowing the format up front means each file goes to the one loader that reads it, so no loader
+    is tried and failed (whose warnings would then have to be silenced process-wide).
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with open(path, "rb") as f:
+            head = f.read(9)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                # torch.save and torch.jit.save both write zips; only TorchScript archives hold constants.pkl
+                if any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist()):
+                    return "torchscript"
+            return "torch"
+    except (OSError, zipfile.BadZipFile) as e:
+        raise EncoderError(f"{path}: cannot read the checkpoint ({e})") from None
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    if path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):
+        return "safetensors"
+    return "torch"
+
+
+def read_state_dict(path: Path) -> dict:
+    """Visual-tower tensors from an OpenAI JIT archive, an open_clip state dict, or a visual-only dict.
+
+    Plain checkpoints are read with `torch.load(weights_only=True)` (tensors and containers only, no
+    code run); only a TorchScript archive (OpenAI's RN101.pt) goes through `torch.jit.load`, whose own
+    deprecation warning torch then shows: cvret changes no warning filter.
+    """
+    path = Path(path)
+    kind = checkpoint_format(path)
+    try:
+        if kind == "torchscript":
             sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception:
-        try:
+        elif kind == "safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
-            if path.suffix == ".safetensors":
-                try:
-                    from safetensors.torch import load_file
-                    sd = load_file(str(path))
-                except Exception as e2:
-                    raise EncoderError(f"{path}: not a readable checkpoint ({e2})") from None
-            else:
-                raise EncoderError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:160]})") from None
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise EncoderError(f"{path}: not a readable {kind} checkpoint ({msg})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

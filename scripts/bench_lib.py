@@ -1,4 +1,4 @@
-"""Helpers for scripts/bench.py: timing, tables, machine information, synthetic data and indexes.
+"""Helpers for the benchmark scripts: timing, tables, machine information, load, synthetic data and indexes.
 
 Nothing here is part of the cvret library; it only measures it.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 D_LAYER3 = 1024 * 14 * 14  # 200,704 floats per view (open_clip RN101 layer3 at 224 px)
-GFLOP_PER_VIEW = 15.9      # stem + layer1..layer3 of RN101 at 224 px (multiply-adds counted as 2 FLOP)
+BUSY_CORES = 0.25          # other processes' average CPU use above which a measurement counts as contended
+BUSY_LOAD = 1.0            # ... or a 1-minute load average above this when it started (issue 14's rule)
 
 
 # ------------------------------------------------------------------ timing
@@ -91,6 +92,14 @@ def ratio(x, base) -> float | None:
 
 
 def table(title: str, headers: list[str], rows: list[list], notes: list[str] | None = None) -> str:
+    """Print a table and return its text."""
+    text = format_table(title, headers, rows, notes)
+    print(text, flush=True)
+    return text
+
+
+def format_table(title: str, headers: list[str], rows: list[list], notes: list[str] | None = None) -> str:
+    """A plain-text table: the first column left-aligned, numbers right-aligned and formatted by `fmt`."""
     cells = [[str(h) for h in headers]] + [[fmt(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = [f"\n== {title}"]
@@ -100,9 +109,7 @@ def table(title: str, headers: list[str], rows: list[list], notes: list[str] | N
             lines.append("  ".join("-" * w for w in widths))
     for n in notes or []:
         lines.append(f"   note: {n}")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    return text
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ machine
@@ -279,3 +286,51 @@ class CpuMonitor:
             return {"wall_s": wall, "other_cores": None}
         other = max(0.0, (sys1 - self.sys0) - (_own_cpu_s() - self.own0))
         return {"wall_s": wall, "other_cores": other / wall, "own_cores": (_own_cpu_s() - self.own0) / wall}
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages of /proc/loadavg (None where unknown)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+class Watch:
+    """The load around one measurement: /proc/loadavg before and after, and the cores other processes used.
+
+    A measurement is *contended* (its ratios are not valid) when other processes kept more than
+    BUSY_CORES cores busy meanwhile, or when the 1-minute load average exceeded BUSY_LOAD as the
+    benchmark started (`start_load`, read before it ran anything heavy). Other processes' CPU time
+    excludes this process and its waited-for children, so the benchmark's own threads never count
+    against it; the load average does count them, which is why only the value at the start is judged.
+    """
+
+    def __init__(self, start_load: float | None = None):
+        self.start_load = start_load
+        self.load_before = loadavg()
+        self.monitor = CpuMonitor()
+
+    def stop(self) -> dict:
+        cpu = self.monitor.stop()
+        other = cpu["other_cores"]
+        reasons = []
+        if other is not None and other > BUSY_CORES:
+            reasons.append(f"other processes used {other:.2f} cores")
+        if self.start_load is not None and self.start_load > BUSY_LOAD:
+            reasons.append(f"load average {self.start_load:.2f} when the benchmark started")
+        return {"wall_s": cpu["wall_s"], "other_processes_cores": other, "loadavg_before": self.load_before,
+                "loadavg_after": loadavg(), "contended": bool(reasons), "contended_because": "; ".join(reasons)}
+
+
+def contended(res: dict) -> bool:
+    """Whether a section's timings are not valid: the section itself, or any part of it watched on its own
+    (a Watch's record, found at any depth)."""
+    if res.get("contended") and "loadavg_before" in res:
+        return True
+    return any(contended(v) for v in res.values() if isinstance(v, dict))
+
+
+def valid(value, contended: bool):
+    """A ratio as a table shows it: the number, or 'contended' (not valid) when measured under load."""
+    return "contended" if contended and value is not None else value

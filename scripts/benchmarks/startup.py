@@ -1,0 +1,187 @@
+"""startup (issue 14, targets 2 and 3): what a short `cvret` process pays before and besides its real work.
+
+`cvret index` on npr views is run as a whole process at two sizes; the marginal rate (views per second between
+the two) is the steady embedding rate, and start-up = end-to-end time - views / marginal rate (imports, model
+construction, weight loading, BN folding, opening the index). `cvret query` is timed cold, as a whole process,
+several times (min and median) on the index just built, and one more run under `python -X importtime` says
+which packages the import time goes to. Every process runs the `cvret` of this Python environment, so the
+figures follow whatever `retrieval` code is installed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench_lib import contended, format_table, valid
+
+from .context import REPO, cvret_command, ensure_data, generated_demo_data, link_subset
+
+INDEX_RATIO_TARGET = 0.90    # end-to-end rate / marginal rate (target 2)
+STARTUP_TARGET_S = 2.0       # the start-up that ratio allows at 480 views
+QUERY_TARGET_S = 2.5         # cold `cvret query`, whole process (target 3)
+PACKAGES = ("torch", "torchgen", "cuda", "sympy", "open_clip", "faiss", "h5py", "numpy", "PIL", "scipy", "matplotlib",
+            "retrieval", "click")
+IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s*\|\s*(\d+)\s*\|(\s*)(\S+)")
+
+
+def run(cmd: list[str], what: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Whole-process wall time of `cmd` (start to exit); a failure stops the section with its stderr."""
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{what} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+    return wall, p
+
+
+def npr_data(ctx) -> Path:
+    """The dataset whose npr views are indexed: --npr-data, --data / bench data with --quick, else the full demo."""
+    if ctx.args.npr_data:
+        return Path(ctx.args.npr_data)
+    if ctx.quick:
+        return ensure_data(ctx)
+    return generated_demo_data(ctx, "cvret_demo_full", None)
+
+
+def import_breakdown(stderr: str) -> dict:
+    """Seconds of import per top-level package, from `-X importtime` lines (self times summed, so none counts twice)."""
+    per: dict[str, float] = defaultdict(float)
+    total = 0.0
+    for line in stderr.splitlines():
+        m = IMPORT_LINE.match(line)
+        if not m:
+            continue
+        self_s = int(m.group(1)) / 1e6
+        top = m.group(4).split(".")[0]
+        per[top if top in PACKAGES else "other"] += self_s
+        total += self_s
+    return {"total_s": total, "by_package_s": dict(sorted(per.items(), key=lambda kv: -kv[1]))}
+
+
+def index_rates(small: dict, large: dict) -> dict:
+    """Marginal rate between two whole-process runs ({'views', 'process_s'}), end to end / marginal, start-up."""
+    extra_s = large["process_s"] - small["process_s"]
+    # a larger run that was not slower (possible only under heavy noise) gives no marginal rate at all
+    marginal = (large["views"] - small["views"]) / extra_s if extra_s > 0 else None
+    e2e = large["views"] / large["process_s"]
+    return {"marginal_views_per_s": marginal, "end_to_end_views_per_s": e2e,
+            "ratio_to_marginal": e2e / marginal if marginal else None,
+            "startup_s": large["process_s"] - large["views"] / marginal if marginal else None}
+
+
+def measure(ctx) -> dict:
+    from retrieval.dataset import discover
+
+    q = ctx.quick
+    small, large = ctx.args.startup_views or ((6, 18) if q else (96, 480))
+    runs = ctx.args.query_runs or (1 if q else 5)
+    data = npr_data(ctx)
+    ds = discover(data)
+    vps = len(ds.viewpoints) or 1
+    shapes = [s for s in ds.shapes if any(v.shape == s and v.domain == "npr" for v in ds.views)]
+    n_small, n_large = max(1, small // vps), min(len(shapes), max(1, large // vps))
+    if n_small >= n_large:
+        raise RuntimeError(f"{data}: {len(shapes)} shapes with npr views, too few for {small} and {large} views")
+    cvret = cvret_command()
+    res: dict = {"data": str(data), "command": cvret[0], "query_runs": runs}
+
+    if not q:  # the first process after a while reads torch & co. from disk: keep that out of every figure
+        ctx.log("startup: warm-up process (imports, page cache)")
+        res["warm_up_process_s"] = run([sys.executable, "-c", "import torch, open_clip, faiss, h5py"], "warm-up")[0]
+    res["python_bare_s"] = min(run([sys.executable, "-c", "pass"], "python")[0] for _ in range(1 if q else 3))
+
+    # ---- target 2: cvret index, end to end, at two sizes
+    watch = ctx.watch()
+    index = {}
+    for label, n in (("small", n_small), ("large", n_large)):
+        sub = ctx.tmp / f"startup_data_{label}"
+        link_subset(data, sub, shapes[:n], domains=["npr"])
+        out = ctx.tmp / f"startup_index_{label}"
+        shutil.rmtree(out, ignore_errors=True)
+        ctx.log(f"startup: cvret index, {n} shapes' npr views (whole process)")
+        wall, p = run(cvret + ["index", str(sub), "--out", str(out), "--weights", "untrained", "--seed", "0",
+                               "--domains", "npr", "--quiet", "--json"], "cvret index")
+        rep = json.loads(p.stdout[p.stdout.index("{"):])
+        index[label] = {"views": rep["embedded"], "process_s": wall, "reported_s": rep.get("seconds"),
+                        "views_per_s": rep["embedded"] / wall}
+    index.update(index_rates(index["small"], index["large"]))
+    index["load"] = watch.stop()
+    res["index"] = index
+
+    # ---- target 3: cvret query, cold, whole process
+    folder = ctx.tmp / "startup_index_large"
+    sketch = next((v for v in ds.views if v.domain == "sketch"), None) or next(v for v in ds.views if v.domain == "npr")
+    qcmd = ["query", str(sketch.path), "--index", str(folder), "-k", "10"]
+    watch = ctx.watch()
+    times = []
+    for i in range(runs):
+        ctx.log(f"startup: cvret query, cold process {i + 1}/{runs}")
+        times.append(run(cvret + qcmd, "cvret query")[0])
+    res["query"] = {"sketch": str(sketch.path), "domain_of_query_image": sketch.domain,
+                    "gallery_views": index["large"]["views"],
+                    "runs_s": times, "min_s": min(times), "median_s": statistics.median(times),
+                    "load": watch.stop()}
+
+    # ---- where the import time goes: one more query under -X importtime
+    ctx.log("startup: cvret query under python -X importtime")
+    code = "import sys; from retrieval.cli import main; sys.argv = ['cvret'] + sys.argv[1:]; main()"
+    wall, p = run([sys.executable, "-X", "importtime", "-c", code] + qcmd, "cvret query -X importtime")
+    res["imports"] = dict(import_breakdown(p.stderr), process_s=wall)
+    return res
+
+
+def render(res: dict) -> list[str]:
+    c_ = contended(res)
+    ix, qr, im = res["index"], res["query"], res["imports"]
+    s, l_ = ix["small"], ix["large"]
+    index = format_table(
+        "startup: `cvret index` on npr views, whole process (issue 14, target 2)",
+        ["run", "views", "process s", "views/s"],
+        [["small", s["views"], s["process_s"], s["views_per_s"]],
+         ["large (end to end)", l_["views"], l_["process_s"], l_["views_per_s"]],
+         ["marginal rate (large - small)", l_["views"] - s["views"], l_["process_s"] - s["process_s"],
+          ix["marginal_views_per_s"]],
+         ["end to end / marginal", "-", "-", valid(ix["ratio_to_marginal"], c_)],
+         ["start-up = end to end - views / marginal (s)", "-", valid(ix["startup_s"], c_), "-"]],
+        [f"target: end to end >= {INDEX_RATIO_TARGET:.0%} of the marginal rate (start-up under {STARTUP_TARGET_S} s "
+         "at 480 views)", f"bare python start: {res['python_bare_s']:.3f} s; data: {res['data']}",
+         _load_note(ix["load"])])
+    query = format_table(
+        f"startup: `cvret query`, cold whole process, {len(qr['runs_s'])} runs (issue 14, target 3)",
+        ["measure", "seconds", "target"],
+        [["min", valid(qr["min_s"], c_), f"< {QUERY_TARGET_S}"], ["median", valid(qr["median_s"], c_), "-"]],
+        [f"a {qr['domain_of_query_image']} image against the {qr['gallery_views']} npr views just indexed; runs: "
+         + ", ".join(f"{t:.2f}" for t in qr["runs_s"]), _load_note(qr["load"])])
+    rows = [[pkg, sec, sec / im["total_s"] if im["total_s"] else None] for pkg, sec in im["by_package_s"].items()]
+    rows.append(["all imports", im["total_s"], 1.0])
+    rows.append(["the whole process (with -X importtime's overhead)", im["process_s"], "-"])
+    imports = format_table("startup: import time of one `cvret query`, by package (python -X importtime)",
+                           ["package", "seconds", "share"], rows,
+                           ["each module's own ('self') time, summed per top-level package; importtime adds "
+                            "some overhead of its own"])
+    return [index, query, imports]
+
+
+def _load_note(load: dict) -> str:
+    note = (f"load average before/after {load.get('loadavg_before')} / {load.get('loadavg_after')}, other "
+            f"processes {load.get('other_processes_cores') or 0:.2f} cores")
+    return note + (f"; contended ({load['contended_because']}): not valid" if load.get("contended") else "")
+
+
+def headline(res: dict) -> list[list]:
+    ix, qr = res["index"], res["query"]
+    r, s = ix["ratio_to_marginal"], ix["startup_s"]
+    return [["startup: cvret index end to end / marginal rate", r, f">= {INDEX_RATIO_TARGET}",
+             None if r is None else r >= INDEX_RATIO_TARGET, True],
+            [f"startup: cvret index start-up (s, {ix['large']['views']} views)", s, f"< {STARTUP_TARGET_S}",
+             None if s is None else s < STARTUP_TARGET_S, True],
+            ["startup: cvret query cold process, min (s)", qr["min_s"], f"< {QUERY_TARGET_S}",
+             qr["min_s"] < QUERY_TARGET_S, True],
+            ["startup: cvret query cold process, median (s)", qr["median_s"], "-", None, True]]
