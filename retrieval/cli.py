@@ -92,6 +92,9 @@ def encoder_options(f):
 @click.option("--commit-every", type=click.IntRange(min=1), default=256, show_default=True,
               help="views per committed segment (an interrupted run loses at most this many)")
 @click.option("--no-verify", is_flag=True, help="skip reading every stored view's checksum before updating")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="run the CPU encoder compiled ahead of time (compiled once per machine, about "
+              "a minute, then cached); auto: for 2,000+ views to embed, or when already compiled")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="spread shapes over K shard folders by a stable hash of the shape id")
 @click.option("--shard", "only_shards", type=int, multiple=True,
@@ -106,7 +109,7 @@ def encoder_options(f):
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths,
               elevation, weights, seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels,
-              overwrite, prune, compress, compress_sample, commit_every, no_verify, shards, only_shards, merge_from,
+              overwrite, prune, compress, compress_sample, commit_every, no_verify, compile_mode, shards, only_shards, merge_from,
               ray_address, workers, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
@@ -160,7 +163,7 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
     options = dict(domains=dom, device=device, precision=precision, batch_size=batch_size,
                    feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
                    prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
-                   commit_views=commit_every, verify=not no_verify)
+                   commit_views=commit_every, verify=not no_verify, compile=compile_mode)
     if shards and ray_address:
         from .cluster import build_on_ray
         from .indexer import IndexReport

@@ -235,8 +235,10 @@ class LayerEncoder:
         self._weights_id = spec.identity
         self.dtype = _DTYPES[self.precision]
         check_spec(spec)
-        state = FOLDED.get(trunk_key(spec.model, spec.layer, self._weights_id), lambda: build_folded_state(spec))
+        self._trunk_key = trunk_key(spec.model, spec.layer, self._weights_id)
+        state = FOLDED.get(self._trunk_key, lambda: build_folded_state(spec))
         self.trunk = materialize(state, spec.layer, spec.model, self.device, self.dtype)
+        self.compiled = None  # the AOTInductor package, once `compile_for` switched to it
         self.feature_shape = FoldedTrunk.feature_shape(spec.layer, spec.image_size, spec.model)
         self.feature_dim = int(np.prod(self.feature_shape))
 
@@ -247,8 +249,26 @@ class LayerEncoder:
                            feature_shape=tuple(self.feature_shape), precision=self.precision,
                            torch=torch.__version__.split("+")[0], extra=weights_file_record(self.spec.weights))
 
+    def compile_for(self, n_views: int, mode: str = "auto") -> bool:
+        """Switch to the compiled trunk when `mode` and the job's size call for it (see `compiled.py`).
+
+        Returns whether the compiled trunk is now in use; any failure leaves the eager one.
+        """
+        from .compiled import load_or_compile, package_path, wants_compiled
+
+        path = package_path(self._trunk_key, self.precision, self.device)
+        if self.compiled is not None or not wants_compiled(mode, n_views, self.device, path):
+            return self.compiled is not None
+        size = self.spec.image_size
+        example = torch.zeros(2, 3, size, size, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+        self.compiled = load_or_compile(self.trunk, example, path)
+        return self.compiled is not None
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, dtype=self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self.compiled is not None:
+            out = self.compiled(x)
+            return out[0] if isinstance(out, (list, tuple)) else out
         return self.trunk(x)
 
     def encode_arrays(self, batch: np.ndarray) -> np.ndarray:

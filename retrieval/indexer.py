@@ -52,7 +52,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
-                encoder_cache: dict | None = None) -> IndexReport:
+                encoder_cache: dict | None = None, compile: str = "auto") -> IndexReport:
     """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
 
     Only what is new is embedded: a view whose content hash is stored is left alone, an image
@@ -62,7 +62,9 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     stored views are embedded again (`verify`). Any compressed candidate index (`compress='pca:R'`
     builds one) is brought in step at the end. `encoder` reuses an already built LayerEncoder;
     `encoder_cache`, a dict, keeps the one built here for the next call (several shards, one model);
-    `commit_views`: views per committed segment (a kill loses at most that many).
+    `commit_views`: views per committed segment (a kill loses at most that many); `compile`
+    (auto/always/never) runs the AOTInductor-compiled trunk (`compiled.py`), by default when a CPU
+    job is large enough to repay compiling or a compiled package is already cached.
     Returns the counts and timings.
     """
     out = Path(out)
@@ -83,7 +85,8 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     try:
         _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
                 feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
-                encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache)
+                encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache,
+                compile=compile)
     except BaseException:
         if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
             import shutil
@@ -116,7 +119,7 @@ def _discard(out: Path):
 
 
 def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
-            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None):
+            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, compile="auto"):
     # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
     shas: dict[int, str] = {}
     for i, v in enumerate(views):
@@ -178,6 +181,8 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
                               [row for _, _, row in to_copy])
             report.copied = len(to_copy)
         if to_embed:
+            if encoder.compile_for(len(to_embed), compile):
+                report.notes.append("the trunk runs compiled (AOTInductor package, --compile never to switch off)")
             _embed_all(writer, encoder, to_embed, report, batch_size=batch_size, strict=strict,
                        max_pixels=max_pixels, progress=progress)
         if copy_later:
