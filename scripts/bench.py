@@ -63,6 +63,8 @@ def parse_args(argv=None):
     g.add_argument("--scale-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
     g.add_argument("--scale-mem-gb", type=float, default=None, help="largest exact array (default 45%% of free RAM)")
     g.add_argument("--compressed-settings", default=None, help="RANK:CANDIDATES,... (default 8:10,32:10,128:10)")
+    g.add_argument("--no-compiled", action="store_true",
+                   help="forward: skip the compiled trunk (compiling it the first time takes about a minute)")
     g.add_argument("--forward-batch", type=int, default=None,
                    help="images per forward pass in the forward section (default: build_index's batch size)")
     g.add_argument("--npr-data", default=None,

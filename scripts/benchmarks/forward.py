@@ -150,9 +150,37 @@ def measure(ctx) -> dict:
     best, med = min(times), statistics.median(times)
     res["forward"] = {"seconds_best": best, "seconds_median": med, "views_per_s": batch_n / best,
                       "views_per_s_median": batch_n / med, "GFLOP_per_s": batch_n / best * gflop_view}
-    res["speed_load"] = watch.stop()
     res["ratio_to_plain_gemm"] = res["forward"]["views_per_s"] / res["bound_plain_gemm"]["views_per_s"]
     res["ratio_to_conv_gemms"] = res["forward"]["views_per_s"] / res["bound_conv_gemms"]["views_per_s"]
+
+    # ---- the compiled trunk (what `cvret index` runs for large jobs, retrieval/compiled.py)
+    if not (q or getattr(ctx.args, "no_compiled", False)):  # compiling takes about a minute: not in --quick
+        from retrieval.encoder import LayerEncoder
+
+        comp = LayerEncoder(enc.spec, device="cpu", precision=enc.precision)
+        t = time.perf_counter()
+        ok = comp.compile_for(0, "always")
+        setup = time.perf_counter() - t
+        if ok:
+            eager_out, comp_out = enc.encode_arrays(batch), comp.encode_arrays(batch)
+            for _ in range(2):
+                comp.encode_arrays(batch)
+            ctimes = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                comp.encode_arrays(batch)
+                ctimes.append(time.perf_counter() - t)
+            cb_, cm_ = min(ctimes), statistics.median(ctimes)
+            res["forward_compiled"] = {
+                "setup_s": setup, "seconds_best": cb_, "seconds_median": cm_, "views_per_s": batch_n / cb_,
+                "views_per_s_median": batch_n / cm_, "GFLOP_per_s": batch_n / cb_ * gflop_view,
+                "max_abs_diff_vs_eager": float(np.abs(comp_out - eager_out).max()),
+                "ratio_to_plain_gemm": batch_n / cb_ / res["bound_plain_gemm"]["views_per_s"],
+                "ratio_to_conv_gemms": batch_n / cb_ / res["bound_conv_gemms"]["views_per_s"],
+                "speedup_vs_eager": best / cb_}
+        else:
+            res["forward_compiled"] = {"error": "the trunk could not be compiled here (see the log)"}
+    res["speed_load"] = watch.stop()
 
     # ---- correctness: bf16 against fp32 rankings on the same query set (target 5)
     ctx.log("forward: bf16 vs fp32 rankings")
@@ -173,6 +201,12 @@ def render(res: dict) -> list[str]:
          fw["views_per_s"], valid(res["ratio_to_plain_gemm"], c_), valid(res["ratio_to_conv_gemms"], c_)],
         ["forward: the same, median of the timed passes", fw["GFLOP_per_s"] * fw["seconds_best"] / fw["seconds_median"],
          fw["views_per_s_median"], "-", "-"]]
+    fc = res.get("forward_compiled") or {}
+    if "views_per_s" in fc:
+        rows.append([f"forward: compiled trunk (AOTInductor, cvret index --compile), batch {res['batch']} (best; "
+                     f"setup {fc['setup_s']:.1f} s, max |diff| vs eager {fc['max_abs_diff_vs_eager']:.2g})",
+                     fc["GFLOP_per_s"], fc["views_per_s"], valid(fc["ratio_to_plain_gemm"], c_),
+                     valid(fc["ratio_to_conv_gemms"], c_)])
     load = res.get("speed_load", {})
     notes = [f"{f['per_view_GFLOP']:.2f} GFLOP per view ({f['conv_GFLOP_per_view']:.2f} in {f['convolutions']} "
              f"convolutions), counted with {f['counted_with']}",
@@ -211,6 +245,11 @@ def headline(res: dict) -> list[list]:
     rows = [["forward bf16 / plain 2048^2 bf16 GEMM bound", res["ratio_to_plain_gemm"], f">= {FORWARD_TARGET}",
              res["ratio_to_plain_gemm"] >= FORWARD_TARGET, True],
             ["forward bf16 / conv-shaped bf16 GEMM bound", res["ratio_to_conv_gemms"], "-", None, True]]
+    fc = res.get("forward_compiled") or {}
+    if "views_per_s" in fc:
+        rows += [["forward bf16 compiled / plain 2048^2 bf16 GEMM bound", fc["ratio_to_plain_gemm"],
+                  f">= {FORWARD_TARGET}", fc["ratio_to_plain_gemm"] >= FORWARD_TARGET, True],
+                 ["forward bf16 compiled / eager", fc["speedup_vs_eager"], "-", None, True]]
     a = res["agreement"]
     if a["top1_agreement"] is not None:
         rows += [["forward bf16 vs fp32: top-1 agreement", a["top1_agreement"], f">= {TOP1_TARGET}",

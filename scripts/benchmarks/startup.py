@@ -107,7 +107,7 @@ def measure(ctx) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         ctx.log(f"startup: cvret index, {n} shapes' npr views (whole process)")
         wall, p = run(cvret + ["index", str(sub), "--out", str(out), "--weights", "untrained", "--seed", "0",
-                               "--domains", "npr", "--quiet", "--json"], "cvret index")
+                               "--domains", "npr", "--quiet", "--json", "--compile", "never"], "cvret index")
         rep = json.loads(p.stdout[p.stdout.index("{"):])
         index[label] = {"views": rep["embedded"], "process_s": wall, "reported_s": rep.get("seconds"),
                         "views_per_s": rep["embedded"] / wall}
