@@ -145,17 +145,22 @@ def views_fingerprint(settings: RenderSettings, viewpoints) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _recorded_render(out_dir) -> tuple[Path, dict | None]:
+    """dataset.json's path and its `render` record (None when the file or the record is missing or unreadable)."""
+    path = Path(out_dir) / DATASET_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path, None
+    return path, meta.get("render") if isinstance(meta, dict) else None
+
+
 def check_orientation(out_dir, settings: RenderSettings) -> None:
     """Refuse to render into a dataset whose views were made under another orientation convention.
 
     Views of one dataset must agree on where az000 is; a folder rendered before conventions were
     recorded counts as front +Z, up +Y (what cvret did then)."""
-    path = Path(out_dir) / DATASET_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    render = meta.get("render") if isinstance(meta, dict) else None
+    path, render = _recorded_render(out_dir)
     if not isinstance(render, dict):
         return
     old = render.get("orientation") or LEGACY_ORIENTATION
@@ -175,12 +180,7 @@ def check_settings(out_dir, settings: RenderSettings) -> None:
     looks (e.g. 256 px beside 224 px) in one dataset. Settings a dataset.json does not record (older
     cvret) count as the defaults of that time; the orientation has its own message (check_orientation)."""
     check_orientation(out_dir, settings)
-    path = Path(out_dir) / DATASET_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    render = meta.get("render") if isinstance(meta, dict) else None
+    path, render = _recorded_render(out_dir)
     old = render.get("settings") if isinstance(render, dict) else None
     if not isinstance(old, dict):
         return

@@ -79,6 +79,18 @@ def time_gemms(gemms: Counter, repeat: int) -> list[dict]:
     return rows
 
 
+def steady_seconds(run, repeat: int) -> tuple[float, float]:
+    """(best, median) seconds of `repeat` calls after 2 warm-up calls (allocator, oneDNN primitives)."""
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times)
+
+
 def measure(ctx) -> dict:
     import torch
     from retrieval.dataset import discover
@@ -140,14 +152,7 @@ def measure(ctx) -> dict:
 
     # ---- the forward pass itself, steady state (after warm-up), the encoder's own call
     ctx.log(f"forward: bf16 forward, batch {batch_n}, {repeat} timed passes after 2 warm-up passes")
-    for _ in range(2):
-        enc.encode_arrays(batch)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        enc.encode_arrays(batch)
-        times.append(time.perf_counter() - t)
-    best, med = min(times), statistics.median(times)
+    best, med = steady_seconds(lambda: enc.encode_arrays(batch), repeat)
     res["forward"] = {"seconds_best": best, "seconds_median": med, "views_per_s": batch_n / best,
                       "views_per_s_median": batch_n / med, "GFLOP_per_s": batch_n / best * gflop_view}
     res["ratio_to_plain_gemm"] = res["forward"]["views_per_s"] / res["bound_plain_gemm"]["views_per_s"]
@@ -163,14 +168,7 @@ def measure(ctx) -> dict:
         setup = time.perf_counter() - t
         if ok:
             eager_out, comp_out = enc.encode_arrays(batch), comp.encode_arrays(batch)
-            for _ in range(2):
-                comp.encode_arrays(batch)
-            ctimes = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                comp.encode_arrays(batch)
-                ctimes.append(time.perf_counter() - t)
-            cb_, cm_ = min(ctimes), statistics.median(ctimes)
+            cb_, cm_ = steady_seconds(lambda: comp.encode_arrays(batch), repeat)
             res["forward_compiled"] = {
                 "setup_s": setup, "seconds_best": cb_, "seconds_median": cm_, "views_per_s": batch_n / cb_,
                 "views_per_s_median": batch_n / cm_, "GFLOP_per_s": batch_n / cb_ * gflop_view,
