@@ -87,8 +87,6 @@ def weights_file_record(weights: str) -> dict:
 
 def remembered_weights_file(fp: Fingerprint) -> str:
     """The local weights file an index records, when it is still there with the recorded hash."""
-    from .images import content_sha256
-
     w = str(fp.weights)
     path = (fp.extra or {}).get("weights_file")
     if not path:
@@ -96,7 +94,7 @@ def remembered_weights_file(fp: Fingerprint) -> str:
     if not Path(path).is_file():
         raise EncoderError(f"the index was built with the weights file {path}, which is no longer there; "
                            "pass its new place with --weights PATH")
-    if "sha256:" + content_sha256(Path(path)) != w:
+    if weights_identity(path) != w:
         raise EncoderError(f"{path}: this weights file changed since the index was built (its hash is not "
                            f"{w[:19]}...); pass the original with --weights PATH")
     return path

@@ -44,7 +44,14 @@ def weights_identity(weights: str, seed: int = 0) -> str:
     path = Path(weights)
     if not path.is_file():
         raise EncoderError(f"{path}: weights file not found (use 'openai', 'untrained', or a checkpoint path)")
-    return "sha256:" + content_sha256(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:  # a checkpoint is hundreds of MB: hash it once per process, not per check
+        _HASHED[key] = "sha256:" + content_sha256(path)
+    return _HASHED[key]
+
+
+_HASHED: dict[tuple, str] = {}
 
 
 def openai_checkpoint(model: str = MODEL_NAME) -> Path:
