@@ -1,6 +1,6 @@
 """Which way of running the RN101 trunk on this CPU gets closest to the bf16 bound (issue 14's search).
 
-    python scripts/encode_variants.py [--quick] [--variants eager,jit,compile] [--batches 8,16,32,64]
+    python scripts/encode_variants.py [--quick] [--variants eager,jit,compile,aoti] [--batches 8,16,32,64]
     python scripts/encode_variants.py --device cuda --precision fp16 --batches 256 \
         --variants eager,cudnn-benchmark,compile,cuda-graphs      # a GPU machine (issue 14, item 4)
 
@@ -80,6 +80,10 @@ def variant_module(name: str, enc: LayerEncoder, example: torch.Tensor):
 
         cfg.freezing = True
         return torch.compile(trunk)
+    if name == "aoti":  # what `cvret index --compile` runs: the AOTInductor package cached by retrieval/compiled.py
+        if not enc.compile_for(0, "always"):
+            raise RuntimeError("the trunk could not be compiled (see the log)")
+        return lambda x: enc._forward(x)
     if name == "cudnn-benchmark":  # cuDNN autotuning picks the fastest algorithm per convolution shape
         torch.backends.cudnn.benchmark = True
         return trunk
