@@ -52,7 +52,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
-                encoder_cache: dict | None = None) -> IndexReport:
+                encoder_cache: dict | None = None, normalize: bool = False) -> IndexReport:
     """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
 
     Only what is new is embedded: a view whose content hash is stored is left alone, an image
@@ -63,6 +63,8 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     builds one) is brought in step at the end. `encoder` reuses an already built LayerEncoder;
     `encoder_cache`, a dict, keeps the one built here for the next call (several shards, one model);
     `commit_views`: views per committed segment (a kill loses at most that many).
+    The gallery's object extents and distance reference are measured and stored (`calibration.py`);
+    `normalize` frames every view to its (domain, viewpoint)'s extent before embedding, as queries are.
     Returns the counts and timings.
     """
     out = Path(out)
@@ -83,7 +85,8 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     try:
         _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
                 feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
-                encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache)
+                encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache,
+                normalize=normalize)
     except BaseException:
         if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
             import shutil
@@ -116,7 +119,7 @@ def _discard(out: Path):
 
 
 def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
-            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None):
+            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, normalize=False):
     # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
     shas: dict[int, str] = {}
     for i, v in enumerate(views):
@@ -131,6 +134,7 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
     if index_exists(out):
         writer = IndexWriter(out, commit_views=commit_views)
         _check_compatible(writer, want, feature_dtype, out)
+        _check_framing(writer, normalize, out)
     try:
         if writer is not None:
             report.notes.extend(writer.notes)
@@ -162,6 +166,16 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
                 embedding.add(sha)
         if encoder is None and encoder_cache is not None:
             encoder = encoder_cache.get("encoder")
+        # the gallery's object scale, measured when views change (and before embedding: --normalize frames to it)
+        stored = writer.calibration if writer else {}
+        extents = {}
+        if to_embed or to_copy or copy_later or prune or report.repaired or not stored.get("extents"):
+            from .calibration import measure_extents
+
+            extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in views], max_pixels)
+            if normalize:  # framed views keep the extent they were framed to: only new (domain, viewpoint)s
+                extents = {d: {vp: e for vp, e in vps.items() if vp not in stored.get("extents", {}).get(d, {})}
+                           for d, vps in extents.items()}
         if to_embed and encoder is None:
             encoder = LayerEncoder(spec, device=device, precision=precision)
             if encoder_cache is not None:
@@ -177,9 +191,11 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
             writer.add_copies([(v.domain, v.shape, v.viewpoint, v.path, sha) for v, sha, _ in to_copy],
                               [row for _, _, row in to_copy])
             report.copied = len(to_copy)
+        writer.set_calibration(extents=extents, gallery_normalized=normalize)
         if to_embed:
+            load = _framed_loader(writer.calibration, to_embed, max_pixels) if normalize else None
             _embed_all(writer, encoder, to_embed, report, batch_size=batch_size, strict=strict,
-                       max_pixels=max_pixels, progress=progress)
+                       max_pixels=max_pixels, progress=progress, load=load)
         if copy_later:
             writer.commit()  # the shared features must be in a committed segment
             by_hash = writer.rows_by_hash()
@@ -193,6 +209,13 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
         writer.set_dataset_info(dataset.viewpoints, dataset.categories,
                                 report.problems + [m for _, m in report.failed], dataset.source)
         writer.commit()
+        if extents or "distances" not in writer.calibration:  # views changed: the distance scale too
+            from .calibration import distance_reference
+            from .store import FeatureStore
+
+            with FeatureStore(out) as reader:
+                writer.set_calibration(distances=distance_reference(reader))
+            writer.commit()
     except KeyboardInterrupt:
         if writer is not None:
             writer.close(commit=True)  # keep what was embedded before the interrupt
@@ -214,8 +237,37 @@ def _check_compatible(writer: IndexWriter, want: Fingerprint, feature_dtype: str
         raise StoreError(f"{out}: stores {stored} features, not {feature_dtype}; use another --out or --overwrite")
 
 
+def _check_framing(writer: IndexWriter, normalize: bool, out: Path):
+    stored = writer.calibration.get("gallery_normalized", False)
+    if writer.records() and stored != normalize:
+        writer.close(commit=False)
+        had = "with" if stored else "without"
+        raise StoreError(f"{out}: its views were embedded {had} --normalize; index {had} it, or use another "
+                         "--out or --overwrite")
+
+
+def _framed_loader(calibration: dict, to_embed, max_pixels):
+    """`cvret index --normalize`: each view framed to its (domain, viewpoint)'s measured extent and centre, like a
+    query."""
+    from .calibration import DEFAULT_EXTENT
+    from .framing import normalize_sketch
+    from .images import load_image
+
+    extents = calibration.get("extents", {})
+    target = {}
+    for v, _ in to_embed:
+        e = extents.get(v.domain, {}).get(v.viewpoint, {})
+        target[v.path] = (e.get("extent", DEFAULT_EXTENT), tuple(e.get("centre", (0.0, 0.0))))
+
+    def load(path):
+        extent, centre = target[path]
+        return normalize_sketch(load_image(path, max_pixels=max_pixels, keep_alpha=True), extent, path, centre)
+
+    return load
+
+
 def _embed_all(writer: IndexWriter, encoder: LayerEncoder, to_embed, report: IndexReport, *, batch_size, strict,
-               max_pixels, progress):
+               max_pixels, progress, load=None):
     paths = [v.path for v, _ in to_embed]
     bar = None
     if progress:
@@ -233,7 +285,7 @@ def _embed_all(writer: IndexWriter, encoder: LayerEncoder, to_embed, report: Ind
     t = time.perf_counter()
     try:
         for positions, feats in encoder.encode_paths(paths, batch_size=batch_size, max_pixels=max_pixels,
-                                                    on_error=on_error):
+                                                    on_error=on_error, load=load):
             recs = [(to_embed[p][0].domain, to_embed[p][0].shape, to_embed[p][0].viewpoint, to_embed[p][0].path,
                      to_embed[p][1]) for p in positions]
             writer.add(recs, feats)

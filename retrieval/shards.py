@@ -283,6 +283,9 @@ class ShardedIndex:
                     vps.append(vp)
         self.viewpoints = vps
         self.categories = {s: c for _, si in self.parts for s, c in si.categories.items()}
+        from .calibration import merge
+
+        self.calibration = merge([getattr(si, "calibration", None) or {} for _, si in self.parts])
 
     def record(self, row: int) -> ViewRecord:
         si, local = self._part(row)
