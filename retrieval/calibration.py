@@ -1,9 +1,11 @@
 """What an index knows about its own gallery, measured when indexing: object scale and distance scale.
 
 - **Extent and centre** per (domain, viewpoint): the medians, over a sample of the views, of the
-  object's extent and of its ink box's offset from the image centre (`framing.placement`). A
-  sketch query is framed to those of the domain it is compared with, so that its object has the
-  gallery's scale and position (the seed paper's scale finding).
+  object's extent and of its ink box's offset from the image centre (`framing.placement`), with
+  their spread (10th-90th percentile of the extents, 90th percentile of the centres' distance from
+  the median). A sketch query outside that spread is framed to the medians of the domain it is
+  compared with, so that its object has the gallery's scale and position (the seed paper's scale
+  finding); one inside it is already framed like the gallery and is left as drawn.
 - **Distance reference**: view distances between the index's own domains (the same shape and
   viewpoint in two domains; with one domain, two shapes at one viewpoint). A query whose best
   distance is more than WARN_FACTOR times the largest of them is unlike anything the index was
@@ -19,7 +21,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .framing import placement
+from .framing import Target, placement
 
 SAMPLE = 64            # views per (domain, viewpoint) whose extent is measured
 PAIR_SAMPLE = 32       # view pairs per domain pair for the distance reference
@@ -57,10 +59,13 @@ def measure_extents(views, max_pixels: int | None = None, sample: int = SAMPLE) 
             if p is not None:
                 found.append((p[0], *p[1]))
         if found:
-            med = np.median(np.asarray(found), axis=0)
-            out.setdefault(domain, {})[viewpoint] = {"extent": round(float(med[0]), 4),
-                                                     "centre": [round(float(med[1]), 4), round(float(med[2]), 4)],
-                                                     "views": len(found)}
+            a = np.asarray(found)
+            med = np.median(a, axis=0)
+            radius = np.percentile(np.hypot(a[:, 1] - med[1], a[:, 2] - med[2]), 90)
+            out.setdefault(domain, {})[viewpoint] = {
+                "extent": round(float(med[0]), 4), "centre": [round(float(med[1]), 4), round(float(med[2]), 4)],
+                "extent_range": [round(float(np.percentile(a[:, 0], q)), 4) for q in (10, 90)],
+                "centre_radius": round(float(radius), 4), "views": len(found)}
     return out
 
 
@@ -115,9 +120,15 @@ def merge(calibrations: list[dict]) -> dict:
     def mean(es, f):
         return round(sum(f(e) * e["views"] for e in es) / sum(e["views"] for e in es), 4)
 
+    def spread(es):
+        if not all("extent_range" in e for e in es):
+            return {}
+        return {"extent_range": [min(e["extent_range"][0] for e in es), max(e["extent_range"][1] for e in es)],
+                "centre_radius": max(e["centre_radius"] for e in es)}
+
     out: dict = {"extents": {d: {vp: {"extent": mean(es, lambda e: e["extent"]),
                                       "centre": [mean(es, lambda e: e.get("centre", (0, 0))[i]) for i in (0, 1)],
-                                      "views": sum(e["views"] for e in es)} for vp, es in vps.items()}
+                                      **spread(es), "views": sum(e["views"] for e in es)} for vp, es in vps.items()}
                              for d, vps in extents.items()}}
     if refs:
         n = sum(r["pairs"] for r in refs)
@@ -138,8 +149,9 @@ class Calibration:
         self.notes: list[str] = []
         self._measured: dict | None = None
 
-    def target(self, domain: str, viewpoint: str | None = None) -> tuple[float, tuple[float, float]]:
-        """The extent and centre a query compared with `domain` (at `viewpoint`, or all: their medians) is framed to."""
+    def target(self, domain: str, viewpoint: str | None = None) -> Target:
+        """Where a query compared with `domain` (at `viewpoint`, or all its viewpoints) is framed to: the medians
+        of the extents and centres, and the union of their spreads."""
         vps = self.doc.get("extents", {}).get(domain)
         if not vps:
             vps = self._measure_from_images().get(domain)
@@ -148,11 +160,15 @@ class Calibration:
                     f"built before calibration, its images gone): sketches framed to the default {DEFAULT_EXTENT}")
             if note not in self.notes:
                 self.notes.append(note)
-            return DEFAULT_EXTENT, (0.0, 0.0)
+            return Target(DEFAULT_EXTENT)
         chosen = [vps[viewpoint]] if viewpoint in vps else list(vps.values())
         extent = float(np.median([v["extent"] for v in chosen]))
         cx, cy = np.median([v.get("centre", (0.0, 0.0)) for v in chosen], axis=0)
-        return extent, (float(cx), float(cy))
+        if not all("extent_range" in v for v in chosen):
+            return Target(extent, (float(cx), float(cy)))
+        return Target(extent, (float(cx), float(cy)), (min(v["extent_range"][0] for v in chosen),
+                                                       max(v["extent_range"][1] for v in chosen)),
+                      max(v["centre_radius"] for v in chosen))
 
     def _measure_from_images(self) -> dict:
         if self._measured is None:

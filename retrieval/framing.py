@@ -11,18 +11,36 @@ transparent background are composited on black first (and then inverted).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
 from .errors import BlankSketch
-from .images import PAPER_LEVEL, to_rgb_on_white, to_rgba
+from .images import PAPER_LEVEL, pad_to_square, to_rgb_on_white, to_rgba
 
 INK_CONTRAST = 25        # a pixel is ink when this much darker than the paper (the median grey)...
 DARK_PAPER = 128         # ... and a paper (median grey) darker than this is a dark background: inverted
 SPECK_FRACTION = 1e-4    # ink components smaller than this fraction of the image (at least 4 px) are specks
 WORK_SIDE = 1024         # ink is found on a copy at most this large (the encoder sees 224 px anyway)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the gallery puts its objects: the extent and centre a sketch is framed to, and the spread of the
+    gallery's own extents and centres, within which a sketch already counts as framed and is left as drawn."""
+
+    extent: float
+    centre: tuple[float, float] = (0.0, 0.0)
+    extent_range: tuple[float, float] | None = None  # None: every sketch is framed
+    centre_radius: float = 0.0
+
+    def fits(self, extent: float, centre: tuple[float, float]) -> bool:
+        if self.extent_range is None:
+            return False
+        lo, hi = self.extent_range
+        return lo <= extent <= hi and math.dist(centre, self.centre) <= self.centre_radius
 
 
 def on_paper(im: Image.Image) -> tuple[Image.Image, bool]:
@@ -91,18 +109,23 @@ def placement(im: Image.Image) -> tuple[float, tuple[float, float]] | None:
     return max(box[2] - box[0], box[3] - box[1]) / side, (cx, cy)
 
 
-def frame(im: Image.Image, extent: float, name: str, centre: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+def frame(im: Image.Image, target: Target, name: str) -> Image.Image:
     """Crop `im` (dark ink on light paper) to its ink and put it on a white square so that its extent is
-    `extent` and its box's centre sits `centre` (fractions of the side) away from the square's centre.
+    `target.extent` and its box's centre sits `target.centre` (fractions of the side) from the square's centre;
+    a sketch whose extent and centre already fit the gallery's spread (`Target.fits`) is only padded to a square.
 
     Raises BlankSketch (an ImageError) naming `name` when no ink is left (a blank sketch).
     """
+    extent, centre = target.extent, target.centre
     if not 0.0 < extent <= 1.0:
         raise ValueError(f"extent must be in (0, 1], got {extent}")
     box = ink_box(im)
     if box is None:
         raise BlankSketch(f"{name}: blank sketch (no ink found: every pixel is within {INK_CONTRAST} grey levels "
                          "of the paper or in a speck)")
+    now = placement(im)
+    if target.fits(*now):
+        return pad_to_square(im)
     crop = im.crop(box)
     side = max(1, math.ceil(max(crop.size) / extent))
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
@@ -112,7 +135,7 @@ def frame(im: Image.Image, extent: float, name: str, centre: tuple[float, float]
     return canvas
 
 
-def normalize_sketch(im: Image.Image, extent: float, name: str, centre: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
-    """A decoded sketch (alpha kept) → dark ink on white, framed at `extent` and `centre`: what a query embeds."""
+def normalize_sketch(im: Image.Image, target: Target, name: str) -> Image.Image:
+    """A decoded sketch (alpha kept) → dark ink on white, framed to `target`: what a query embeds."""
     flat, _ = on_paper(im)
-    return frame(flat, extent, name, centre)
+    return frame(flat, target, name)

@@ -173,8 +173,9 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
             from .calibration import measure_extents
 
             extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in views], max_pixels)
-            if normalize:  # framed views keep the extent they were framed to: only new (domain, viewpoint)s
-                extents = {d: {vp: e for vp, e in vps.items() if vp not in stored.get("extents", {}).get(d, {})}
+            if normalize:  # framed views keep the extent they were framed to (no spread): only new ones are set
+                extents = {d: {vp: dict(e, extent_range=[e["extent"]] * 2, centre_radius=0.0)
+                               for vp, e in vps.items() if vp not in stored.get("extents", {}).get(d, {})}
                            for d, vps in extents.items()}
         if to_embed and encoder is None:
             encoder = LayerEncoder(spec, device=device, precision=precision)
@@ -250,18 +251,17 @@ def _framed_loader(calibration: dict, to_embed, max_pixels):
     """`cvret index --normalize`: each view framed to its (domain, viewpoint)'s measured extent and centre, like a
     query."""
     from .calibration import DEFAULT_EXTENT
-    from .framing import normalize_sketch
+    from .framing import Target, normalize_sketch
     from .images import load_image
 
     extents = calibration.get("extents", {})
     target = {}
     for v, _ in to_embed:
         e = extents.get(v.domain, {}).get(v.viewpoint, {})
-        target[v.path] = (e.get("extent", DEFAULT_EXTENT), tuple(e.get("centre", (0.0, 0.0))))
+        target[v.path] = Target(e.get("extent", DEFAULT_EXTENT), tuple(e.get("centre", (0.0, 0.0))))  # always framed
 
     def load(path):
-        extent, centre = target[path]
-        return normalize_sketch(load_image(path, max_pixels=max_pixels, keep_alpha=True), extent, path, centre)
+        return normalize_sketch(load_image(path, max_pixels=max_pixels, keep_alpha=True), target[path], path)
 
     return load
 

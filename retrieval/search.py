@@ -92,8 +92,9 @@ class QueryEngine:
     def prepare(self, image, domain: str = "npr", viewpoint: str | None = None, name: str | None = None):
         """A sketch (a path, or a PIL image decoded with its alpha) → the image that is embedded.
 
-        With `normalize`, light-on-dark ink is inverted and the ink is cropped and put on white at the
-        extent and centre of `domain`'s views (at `viewpoint`, else the medians over its viewpoints); a blank
+        With `normalize`, light-on-dark ink is inverted and, unless its extent and centre are within the
+        spread of `domain`'s views (at `viewpoint`, else over its viewpoints), the ink is cropped and put
+        on white at their median extent and centre (`calibration.Calibration.target`); a blank
         sketch raises ImageError naming `name` (or the path).
         """
         from .framing import normalize_sketch
@@ -104,8 +105,7 @@ class QueryEngine:
             image = load_image(image, keep_alpha=self.normalize)
         if not self.normalize:
             return image
-        extent, centre = self.calibration.target(domain, viewpoint)
-        return normalize_sketch(image, extent, name or "sketch", centre)
+        return normalize_sketch(image, self.calibration.target(domain, viewpoint), name or "sketch")
 
     def warning(self, hits: list[Hit]) -> str | None:
         """A warning when the best distance is far beyond those between the index's own views (else None)."""

@@ -345,3 +345,16 @@ def test_access_log_line(client, caplog, dataset):
     lines = [r.getMessage() for r in caplog.records if r.name == "cvret.serve.access"]
     assert re.fullmatch(r"GET /healthz 200 \d+\.\d ms", lines[0]), lines
     assert re.fullmatch(r"POST /api/search 400 \d+\.\d ms", lines[1]), lines
+
+
+def test_uploads_are_framed_like_cli_queries(dataset, client):
+    """A light-on-dark upload goes through the same framing as `cvret query` (QueryEngine.prepare)."""
+    from PIL import ImageOps
+
+    path = dataset / "sketch" / "shape04" / "az075.png"
+    ref = client.post("/api/search", files={"image": ("s.png", path.read_bytes(), "image/png")}, data={"k": "3"})
+    dark = png(ImageOps.invert(Image.open(path).convert("L")))
+    got = client.post("/api/search", files={"image": ("dark.png", dark, "image/png")}, data={"k": "3"})
+    assert ref.status_code == got.status_code == 200, got.text
+    assert [h["shape"] for h in got.json()["hits"]] == [h["shape"] for h in ref.json()["hits"]]
+    assert got.json()["normalized"] is True and got.json()["warning"] is None
