@@ -52,7 +52,8 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
-                encoder_cache: dict | None = None, normalize: bool = False) -> IndexReport:
+                encoder_cache: dict | None = None, normalize: bool = False,
+                extents_from: Dataset | None = None) -> IndexReport:
     """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
 
     Only what is new is embedded: a view whose content hash is stored is left alone, an image
@@ -64,7 +65,9 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     `encoder_cache`, a dict, keeps the one built here for the next call (several shards, one model);
     `commit_views`: views per committed segment (a kill loses at most that many).
     The gallery's object extents and distance reference are measured and stored (`calibration.py`);
-    `normalize` frames every view to its (domain, viewpoint)'s extent before embedding, as queries are.
+    `normalize` frames every view to its (domain, viewpoint)'s extent before embedding, as queries are;
+    `extents_from`: the dataset the extents are measured on (a shard: the whole dataset, so that every
+    shard stores the same extents and a sharded index frames queries as one index would).
     Returns the counts and timings.
     """
     out = Path(out)
@@ -86,7 +89,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
         _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
                 feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
                 encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache,
-                normalize=normalize)
+                normalize=normalize, extents_from=extents_from)
     except BaseException:
         if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
             import shutil
@@ -119,7 +122,8 @@ def _discard(out: Path):
 
 
 def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
-            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, normalize=False):
+            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, normalize=False,
+            extents_from=None):
     # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
     shas: dict[int, str] = {}
     for i, v in enumerate(views):
@@ -172,7 +176,9 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
         if to_embed or to_copy or copy_later or prune or report.repaired or not stored.get("extents"):
             from .calibration import measure_extents
 
-            extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in views], max_pixels)
+            domains = {v.domain for v in views}
+            measured = views if extents_from is None else [v for v in extents_from.views if v.domain in domains]
+            extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in measured], max_pixels)
             if normalize:  # framed views keep the extent they were framed to (no spread): only new ones are set
                 extents = {d: {vp: dict(e, extent_range=[e["extent"]] * 2, centre_radius=0.0)
                                for vp, e in vps.items() if vp not in stored.get("extents", {}).get(d, {})}

@@ -96,7 +96,8 @@ def build_sharded(dataset: Dataset, out: Path | str, spec, n_shards: int, shards
         sub = split_dataset(dataset, n_shards, k)
         if not sub.views:
             continue
-        reports[k] = build_index(sub, shard_folder(out, k), spec, encoder_cache=cache, **options)
+        reports[k] = build_index(sub, shard_folder(out, k), spec, encoder_cache=cache, extents_from=dataset,
+                                 **options)
     return reports
 
 

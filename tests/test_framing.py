@@ -100,9 +100,14 @@ def test_measure_extents_per_domain_and_viewpoint(tmp_path):
             p = tmp_path / f"{vp}_{i}.png"
             drawing(box=(112 - half, 112 - half, 112 + half, 112 + half + i)).save(p)
             views.append(("npr", f"s{i}", vp, str(p)))
+    for i in range(5, 11):  # more ordinary views, and one outlier the spread leaves out
+        half, dx = (100, 10) if i == 10 else (40, 0)
+        p = tmp_path / f"az000_{i}.png"
+        drawing(box=(112 - half + dx, 112 - half, 112 + half + dx, 112 + half + i % 5)).save(p)
+        views.append(("npr", f"s{i}", "az000", str(p)))
     views.append(("npr", "gone", "az000", str(tmp_path / "missing.png")))  # unreadable: left out
     ext = measure_extents(views)
-    assert ext["npr"]["az000"]["views"] == 5
+    assert ext["npr"]["az000"]["views"] == 11
     assert ext["npr"]["az000"]["extent"] == pytest.approx(83 / 224, abs=0.01)
     assert ext["npr"]["az075"]["extent"] == pytest.approx(143 / 224, abs=0.01)
     lo, hi = ext["npr"]["az000"]["extent_range"]
@@ -265,7 +270,8 @@ def test_gallery_normalize_option(dataset, tmp_path):
     assert got["hits"][0]["shape"] == "shape05"
 
 
-def test_sharded_index_exposes_calibration(dataset, tmp_path):
+def test_sharded_index_exposes_calibration(dataset, index32, tmp_path):
+    """Every shard measures the whole dataset: a sharded index frames queries as the single index does."""
     from retrieval.index import ShapeIndex
 
     out = tmp_path / "sharded"
@@ -273,5 +279,11 @@ def test_sharded_index_exposes_calibration(dataset, tmp_path):
              "--seed", "0", "--precision", "fp32", "--quiet"])
     with ShapeIndex(out, gpu="never") as si:
         cal = si.calibration
-    assert set(cal["extents"]) == {"npr", "sketch"} and cal["extents"]["npr"]["az000"]["views"] == 6
+    assert set(cal["extents"]) == {"npr", "sketch"}
     assert cal["distances"]["pairs"] > 0
+    with FeatureStore(index32) as store:
+        single = store.calibration["extents"]
+    for d in ("npr", "sketch"):
+        for vp, e in single[d].items():
+            assert {k: v for k, v in cal["extents"][d][vp].items() if k != "views"} == \
+                {k: v for k, v in e.items() if k != "views"}
