@@ -290,8 +290,9 @@ def _embed_all(writer: IndexWriter, encoder: LayerEncoder, to_embed, report: Ind
 
     t = time.perf_counter()
     try:
+        framed = {} if load is None else {"load": load}  # --normalize only: other encoders need not know it
         for positions, feats in encoder.encode_paths(paths, batch_size=batch_size, max_pixels=max_pixels,
-                                                    on_error=on_error, load=load):
+                                                    on_error=on_error, **framed):
             recs = [(to_embed[p][0].domain, to_embed[p][0].shape, to_embed[p][0].viewpoint, to_embed[p][0].path,
                      to_embed[p][1]) for p in positions]
             writer.add(recs, feats)
