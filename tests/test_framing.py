@@ -245,14 +245,28 @@ def test_blank_query_is_an_error(index32, tmp_path):
                                  "within 25 grey levels of the paper or in a speck)"
 
 
-def test_view_queries_are_framed_per_viewpoint(dataset, index32, tmp_path):
-    src = Image.open(dataset / "sketch" / "shape01" / "az030.png").convert("RGB")
+def test_view_queries_are_framed_per_viewpoint(dataset, index32, encoder32, tmp_path):
+    """--view az075=q.png is framed to npr az075's extent (not the domain's median): its per-view distances
+    are those of that framed image."""
+    from retrieval.index import ShapeIndex
+    from retrieval.search import QueryEngine
+
+    src = Image.open(dataset / "sketch" / "shape01" / "az075.png").convert("RGB")
     small = Image.new("RGB", (300, 224), "white")
     small.paste(src.resize((100, 100)), (0, 0))
     small.save(tmp_path / "q.png")
-    got = query_json(index32, "--view", f"az030={tmp_path / 'q.png'}",
+    got = query_json(index32, "--view", f"az075={tmp_path / 'q.png'}",
                      "--view", f"az000={dataset / 'sketch' / 'shape01' / 'az000.png'}")
     assert got["hits"][0]["shape"] == "shape01" and got["warning"] is None
+    with ShapeIndex(index32, gpu="never") as si:
+        eng = QueryEngine(si, encoder32)
+        assert eng.calibration.target("npr", "az075") != eng.calibration.target("npr")
+        framed, median = encoder32.encode_images([eng.prepare(tmp_path / "q.png", "npr", vp) for vp in ("az075", None)])
+        rows = [si.row_of("npr", h["shape"], "az075") for h in got["hits"]]
+        want = si.exact_distances("npr", "az075", framed, np.asarray(rows))
+        other = si.exact_distances("npr", "az075", median, np.asarray(rows))
+    np.testing.assert_allclose([h["per_view"]["az075"] for h in got["hits"]], want, rtol=1e-5)
+    assert not np.allclose(want, other, rtol=1e-3)
 
 
 def test_gallery_normalize_option(dataset, tmp_path):
@@ -287,3 +301,16 @@ def test_sharded_index_exposes_calibration(dataset, index32, tmp_path):
         for vp, e in single[d].items():
             assert {k: v for k, v in cal["extents"][d][vp].items() if k != "views"} == \
                 {k: v for k, v in e.items() if k != "views"}
+
+
+def test_remote_shard_table_carries_calibration(index32):
+    """A Ray shard actor's table hands the calibration to the caller's `_RemoteStore` (no Ray needed here)."""
+    from retrieval.cluster import _RemoteStore, _ShardActor
+
+    actor = _ShardActor(str(index32))
+    try:
+        store = _RemoteStore(None, actor.table())
+    finally:
+        actor.index.close()
+    with FeatureStore(index32) as local:
+        assert store.calibration == local.calibration and store.calibration["extents"]
