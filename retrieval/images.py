@@ -39,7 +39,8 @@ def load_image(path: str | Path, max_pixels: int | None = None, keep_alpha: bool
     return _decode(path, path, max_pixels, keep_alpha)
 
 
-def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None, keep_alpha: bool = False) -> Image.Image:
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None,
+                     keep_alpha: bool = False) -> Image.Image:
     """The same as `load_image` for an image held in memory (an upload); `name` labels the errors."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")

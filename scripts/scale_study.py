@@ -1,7 +1,7 @@
 """The seed paper's scale experiment as a check of query normalisation: acc@1/acc@5 of sketch→npr retrieval
 when the sketches are drawn smaller, off-centre or on a wide canvas, with and without normalisation.
 
-    python scripts/scale_study.py                              # /work/main/demo_out (else a small demo in a temp folder)
+    python scripts/scale_study.py                              # /work/main/demo_out, else a small demo in /tmp
     python scripts/scale_study.py --demo demo_out --limit 120  # a subset: every 4th sketch
     python scripts/scale_study.py --data DATA --index IDX      # any dataset with sketch and npr views, and its index
 

@@ -5,7 +5,6 @@ CLI on the tiny test index (untrained weights, fp32).
 """
 from __future__ import annotations
 
-import io
 import json
 from types import SimpleNamespace
 
