@@ -105,12 +105,15 @@ def encoder_options(f):
               help="with --shards: embed the shards on a Ray cluster (pip install -e '.[cluster]')")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="with --ray: embedding actors (default: one per GPU, else one per 2 CPUs)")
+@click.option("--normalize", is_flag=True,
+              help="frame every view to its domain and viewpoint's measured object extent, as sketch queries are "
+                   "(off: renders are already framed)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpoints, default_domain, domains, azimuths,
               elevation, weights, seed, layer, precision, device, batch_size, feature_dtype, strict, max_pixels,
-              overwrite, prune, compress, compress_sample, commit_every, no_verify, compile_mode, shards, only_shards, merge_from,
-              ray_address, workers, as_json, quiet):
+              overwrite, prune, compress, compress_sample, commit_every, no_verify, compile_mode, shards, only_shards,
+              merge_from, ray_address, workers, normalize, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
     from .encoder import EncoderSpec
@@ -163,7 +166,7 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
     options = dict(domains=dom, device=device, precision=precision, batch_size=batch_size,
                    feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, overwrite=overwrite,
                    prune=prune, progress=not quiet, compress=compress, compress_sample=compress_sample,
-                   commit_views=commit_every, verify=not no_verify, compile=compile_mode)
+                   commit_views=commit_every, verify=not no_verify, compile=compile_mode, normalize=normalize)
     if shards and ray_address:
         from .cluster import build_on_ray
         from .indexer import IndexReport
@@ -236,15 +239,16 @@ def sketch_files(sources) -> list[Path]:
 @encoder_options
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
               help="sharded index: search its shards in actors of a Ray cluster")
+@click.option("--no-normalize", is_flag=True,
+              help="embed sketches as drawn (no inversion, crop or scaling to the gallery's object extent)")
 @click.option("--json", "as_json", is_flag=True,
               help="print hits as JSON (a list of rankings when several sketches or a folder are given)")
 def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, batch_size,
-              max_pixels, precision, device, ray_address, as_json):
+              max_pixels, precision, device, ray_address, no_normalize, as_json):
     """Rank shapes for each SKETCH (image files or folders of them), or for several --view VIEWPOINT=IMAGE sketches.
 
     The model is built once for all sketches; each gets its own ranking.
     """
-    from .images import load_image
     from .search import open_engine, query_result
 
     if k < 1:
@@ -258,14 +262,14 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
                                "ranks shapes by the mean over the given viewpoints); leave it out")
     files = sketch_files(sketches)
     engine = open_engine(index_dir, ray=ray_address, mode=mode, candidates=candidates, weights=weights, device=device,
-                         precision=precision)
+                         precision=precision, normalize=not no_normalize, max_pixels=max_pixels)
     if views:
         parsed, named = {}, {}
         for item in views:
             if "=" not in item:
                 raise click.BadParameter(f"{item!r} is not VIEWPOINT=IMAGE", param_hint="--view")
             vp, path = item.split("=", 1)
-            parsed[vp.strip()] = load_image(path, max_pixels=max_pixels)
+            parsed[vp.strip()] = Path(path)  # framed (normalised) by query_views
             named[vp.strip()] = path
         hits, excluded = engine.query_views(parsed, domain=domain, k=k)
         results = [(query_result(engine, str(index_dir), {"views": named}, domain, hits, excluded), hits)]
@@ -273,11 +277,13 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         results = []
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            feats = engine.embed([load_image(p, max_pixels=max_pixels) for p in chunk])
+            feats = engine.embed([engine.prepare(p, domain, viewpoint) for p in chunk])
             for path, feat in zip(chunk, feats):
                 hits = engine.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=not pairs)
                 results.append((query_result(engine, str(index_dir), {"sketch": str(path)}, domain, hits), hits))
     as_list = len(sketches) > 1 or any(p.is_dir() for p in sketches)
+    for note in engine.calibration.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         data = [r for r, _ in results] if as_list else results[0][0]
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -286,6 +292,8 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         if as_list:
             click.echo(("\n" if i else "") + f"== {res['query']['sketch']}")
         click.echo(format_hits(hits))
+        if res["warning"]:
+            click.echo(f"warning: {res['warning']}")
         if res["excluded_shapes"]:
             click.echo(f"({res['excluded_shapes']} shapes left out: they lack one of the query viewpoints)")
     click.echo(weights_line(results[0][0]["weights"]))

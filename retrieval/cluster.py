@@ -147,7 +147,7 @@ class _ShardActor:
         return {"records": [r.__dict__ for r in st.records()], "viewpoints": [v.to_dict() for v in st.viewpoints],
                 "categories": st.categories, "fingerprint": st.fingerprint, "feature_dim": st.feature_dim,
                 "feature_dtype": st.feature_dtype, "problems": st.problems, "layout": st.layout,
-                "generation": st.generation, "size_bytes": st.size_bytes()}
+                "generation": st.generation, "size_bytes": st.size_bytes(), "calibration": st.calibration}
 
     def call(self, method: str, *args, **kwargs):
         if method.startswith("compressed."):
@@ -172,6 +172,7 @@ class _RemoteStore:
         self.problems = table["problems"]
         self.layout = table["layout"]
         self.generation = table["generation"]
+        self.calibration = table.get("calibration", {})  # gallery extents and distance scale (calibration.py)
 
     @property
     def n_views(self) -> int:

@@ -284,17 +284,18 @@ class LayerEncoder:
 
     def encode_paths(self, paths: list[str], batch_size: int = 16, max_pixels: int | None = None,
                      on_error: Callable[[int, Exception], None] | None = None,
-                     workers: int = 2) -> Iterator[tuple[list[int], np.ndarray]]:
+                     workers: int = 2, load: Callable | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
         """Yield (positions, features) per batch; decoding runs in threads, overlapping the forward pass.
 
         Images that fail to load are passed to `on_error(position, error)` and left out; with no
-        `on_error` the first failure is raised.
+        `on_error` the first failure is raised. `load(path)` replaces the plain decoding (framing).
         """
         size = self.spec.image_size
+        load = load or (lambda p: load_image(p, max_pixels=max_pixels))
 
         def prepare(p):
             try:
-                return preprocess_array(load_image(p, max_pixels=max_pixels), size), None
+                return preprocess_array(load(p), size), None
             except Exception as e:  # reported per image, never fatal for the batch
                 return None, e
 

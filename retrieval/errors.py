@@ -13,6 +13,10 @@ class ImageError(CvretError):
     """One image that cannot be decoded or is unusable (empty, truncated, too large...)."""
 
 
+class BlankSketch(ImageError):
+    """A sketch with no ink once framed (`framing.frame`): nothing to search for."""
+
+
 class ImageTooLarge(ImageError):
     """An image over the pixel limit (the decompression-bomb guard), refused before decoding."""
 

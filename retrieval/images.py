@@ -23,8 +23,11 @@ DEFAULT_MAX_PIXELS = 100_000_000  # about 10,000 × 10,000; raise with --max-pix
 PAPER_LEVEL = 230  # grey level (0-255) below which a pixel counts as ink
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Decode `path` into an RGB image on white, or raise ImageError naming the file and the problem."""
+def load_image(path: str | Path, max_pixels: int | None = None, keep_alpha: bool = False) -> Image.Image:
+    """Decode `path` into an RGB image on white, or raise ImageError naming the file and the problem.
+
+    `keep_alpha`: RGBA (or RGB) with the transparency kept, for `framing.on_paper` to decide the paper.
+    """
     path = Path(path)
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image file")
@@ -35,17 +38,18 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ImageError(f"{path}: file not found") from None
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-    return _decode(path, path, max_pixels)
+    return _decode(path, path, max_pixels, keep_alpha)
 
 
-def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None,
+                     keep_alpha: bool = False) -> Image.Image:
     """The same as `load_image` for an image held in memory (an upload); `name` labels the errors."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels, keep_alpha)
 
 
-def _decode(source, path, max_pixels: int | None) -> Image.Image:
+def _decode(source, path, max_pixels: int | None, keep_alpha: bool = False) -> Image.Image:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         im = open_unchecked(source)  # the header only: our own limit below, checked before decoding
@@ -69,7 +73,7 @@ def _decode(source, path, max_pixels: int | None) -> Image.Image:
     except Exception as e:  # decoders raise odd things on hostile files
         raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
     try:
-        return to_rgb_on_white(im)
+        return to_rgba(im) if keep_alpha else to_rgb_on_white(im)
     except Exception as e:
         raise ImageError(f"{path}: unsupported pixel format {im.mode!r} ({e})") from None
 
@@ -105,14 +109,25 @@ def open_unchecked(path) -> Image.Image:
     raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
 
 
-def to_rgb_on_white(im: Image.Image) -> Image.Image:
-    """Any PIL mode → 8-bit RGB, transparent parts composited on white, 16-bit scaled down."""
+def to_rgba(im: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGBA (opaque when the image has no transparency), 16-bit scaled down."""
+    im = _to_8bit(im)
+    return im if im.mode == "RGBA" else im.convert("RGBA")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         hi = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
         if im.mode == "F" and a.max(initial=0) <= 1.0:
             hi = 1.0
         im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return im
+
+
+def to_rgb_on_white(im: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB, transparent parts composited on white, 16-bit scaled down."""
+    im = _to_8bit(im)
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("LA", "La", "PA"):

@@ -76,6 +76,7 @@ class ShapeIndex:
         self.categories = {s: c for s, c in self.store.categories.items() if s in self._shape_pos}
         self.fingerprint = self.store.fingerprint
         self.feature_dim = self.store.feature_dim
+        self.calibration = self.store.calibration  # gallery extents and distance scale (calibration.py)
         self._rows: dict[tuple[str, str], np.ndarray] = {}
         for d in self.domains:
             for vp in self.viewpoints:

@@ -52,7 +52,8 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 overwrite: bool = False, prune: bool = False, progress: bool = True,
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
-                encoder_cache: dict | None = None, compile: str = "auto") -> IndexReport:
+                encoder_cache: dict | None = None, compile: str = "auto", normalize: bool = False,
+                extents_from: Dataset | None = None) -> IndexReport:
     """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
 
     Only what is new is embedded: a view whose content hash is stored is left alone, an image
@@ -65,6 +66,10 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     `commit_views`: views per committed segment (a kill loses at most that many); `compile`
     (auto/always/never) runs the AOTInductor-compiled trunk (`compiled.py`), by default when a CPU
     job is large enough to repay compiling or a compiled package is already cached.
+    The gallery's object extents and distance reference are measured and stored (`calibration.py`);
+    `normalize` frames every view to its (domain, viewpoint)'s extent before embedding, as queries are;
+    `extents_from`: the dataset the extents are measured on (a shard: the whole dataset, so that every
+    shard stores the same extents and a sharded index frames queries as one index would).
     Returns the counts and timings.
     """
     out = Path(out)
@@ -86,7 +91,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
         _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
                 feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
                 encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache,
-                compile=compile)
+                compile=compile, normalize=normalize, extents_from=extents_from)
     except BaseException:
         if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
             import shutil
@@ -119,7 +124,8 @@ def _discard(out: Path):
 
 
 def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
-            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, compile="auto"):
+            max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, compile="auto",
+            normalize=False, extents_from=None):
     # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
     shas: dict[int, str] = {}
     for i, v in enumerate(views):
@@ -134,6 +140,7 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
     if index_exists(out):
         writer = IndexWriter(out, commit_views=commit_views)
         _check_compatible(writer, want, feature_dtype, out)
+        _check_framing(writer, normalize, out)
     try:
         if writer is not None:
             report.notes.extend(writer.notes)
@@ -165,6 +172,19 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
                 embedding.add(sha)
         if encoder is None and encoder_cache is not None:
             encoder = encoder_cache.get("encoder")
+        # the gallery's object scale, measured when views change (and before embedding: --normalize frames to it)
+        stored = writer.calibration if writer else {}
+        extents = {}
+        if to_embed or to_copy or copy_later or prune or report.repaired or not stored.get("extents"):
+            from .calibration import measure_extents
+
+            domains = {v.domain for v in views}
+            measured = views if extents_from is None else [v for v in extents_from.views if v.domain in domains]
+            extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in measured], max_pixels)
+            if normalize:  # framed views keep the extent they were framed to (no spread): only new ones are set
+                extents = {d: {vp: dict(e, extent_range=[e["extent"]] * 2, centre_radius=0.0)
+                               for vp, e in vps.items() if vp not in stored.get("extents", {}).get(d, {})}
+                           for d, vps in extents.items()}
         if to_embed and encoder is None:
             encoder = LayerEncoder(spec, device=device, precision=precision)
             if encoder_cache is not None:
@@ -180,11 +200,13 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
             writer.add_copies([(v.domain, v.shape, v.viewpoint, v.path, sha) for v, sha, _ in to_copy],
                               [row for _, _, row in to_copy])
             report.copied = len(to_copy)
+        writer.set_calibration(extents=extents, gallery_normalized=normalize)
         if to_embed:
             if encoder.compile_for(len(to_embed), compile):
                 report.notes.append("the trunk runs compiled (AOTInductor package, --compile never to switch off)")
+            load = _framed_loader(writer.calibration, to_embed, max_pixels) if normalize else None
             _embed_all(writer, encoder, to_embed, report, batch_size=batch_size, strict=strict,
-                       max_pixels=max_pixels, progress=progress)
+                       max_pixels=max_pixels, progress=progress, load=load)
         if copy_later:
             writer.commit()  # the shared features must be in a committed segment
             by_hash = writer.rows_by_hash()
@@ -198,6 +220,13 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
         writer.set_dataset_info(dataset.viewpoints, dataset.categories,
                                 report.problems + [m for _, m in report.failed], dataset.source)
         writer.commit()
+        if extents or "distances" not in writer.calibration:  # views changed: the distance scale too
+            from .calibration import distance_reference
+            from .store import FeatureStore
+
+            with FeatureStore(out) as reader:
+                writer.set_calibration(distances=distance_reference(reader))
+            writer.commit()
     except KeyboardInterrupt:
         if writer is not None:
             writer.close(commit=True)  # keep what was embedded before the interrupt
@@ -219,8 +248,36 @@ def _check_compatible(writer: IndexWriter, want: Fingerprint, feature_dtype: str
         raise StoreError(f"{out}: stores {stored} features, not {feature_dtype}; use another --out or --overwrite")
 
 
+def _check_framing(writer: IndexWriter, normalize: bool, out: Path):
+    stored = writer.calibration.get("gallery_normalized", False)
+    if writer.records() and stored != normalize:
+        writer.close(commit=False)
+        had = "with" if stored else "without"
+        raise StoreError(f"{out}: its views were embedded {had} --normalize; index {had} it, or use another "
+                         "--out or --overwrite")
+
+
+def _framed_loader(calibration: dict, to_embed, max_pixels):
+    """`cvret index --normalize`: each view framed to its (domain, viewpoint)'s measured extent and centre, like a
+    query."""
+    from .calibration import DEFAULT_EXTENT
+    from .framing import Target, normalize_sketch
+    from .images import load_image
+
+    extents = calibration.get("extents", {})
+    target = {}
+    for v, _ in to_embed:
+        e = extents.get(v.domain, {}).get(v.viewpoint, {})
+        target[v.path] = Target(e.get("extent", DEFAULT_EXTENT), tuple(e.get("centre", (0.0, 0.0))))  # always framed
+
+    def load(path):
+        return normalize_sketch(load_image(path, max_pixels=max_pixels, keep_alpha=True), target[path], path)
+
+    return load
+
+
 def _embed_all(writer: IndexWriter, encoder: LayerEncoder, to_embed, report: IndexReport, *, batch_size, strict,
-               max_pixels, progress):
+               max_pixels, progress, load=None):
     paths = [v.path for v, _ in to_embed]
     bar = None
     if progress:
@@ -237,8 +294,9 @@ def _embed_all(writer: IndexWriter, encoder: LayerEncoder, to_embed, report: Ind
 
     t = time.perf_counter()
     try:
+        framed = {} if load is None else {"load": load}  # --normalize only: other encoders need not know it
         for positions, feats in encoder.encode_paths(paths, batch_size=batch_size, max_pixels=max_pixels,
-                                                    on_error=on_error):
+                                                    on_error=on_error, **framed):
             recs = [(to_embed[p][0].domain, to_embed[p][0].shape, to_embed[p][0].viewpoint, to_embed[p][0].path,
                      to_embed[p][1]) for p in positions]
             writer.add(recs, feats)

@@ -90,6 +90,10 @@ class LegacyStore(ViewTable):
         return json.loads(self.h5.attrs.get("problems", "[]"))
 
     @property
+    def calibration(self) -> dict:
+        return {}  # format 1 predates calibration: `calibration.Calibration` measures it when needed
+
+    @property
     def source(self) -> str:
         return str(self.h5.attrs.get("source", ""))
 

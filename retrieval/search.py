@@ -4,6 +4,8 @@ Per-view: a sketch is compared with every view of a domain (default `npr`), opti
 at one viewpoint; by default each shape appears once, at its best viewpoint. View-aggregated
 (seed eq. 1): sketch views with known viewpoints rank shapes by the mean over those
 viewpoints of the view distance, the sketch's view k compared with the shape's view k.
+Sketches are framed to the gallery's object scale first (`framing.py`, `calibration.py`), and a
+ranking whose best distance is far beyond the index's own distances carries a warning.
 """
 from __future__ import annotations
 
@@ -64,10 +66,12 @@ class QueryEngine:
 
     def __init__(self, index: ShapeIndex, encoder: LayerEncoder | None = None, mode: str = "exact",
                  candidates: int | None = None, *, weights: str | None = None, device: str = "auto",
-                 precision: str = "auto"):
+                 precision: str = "auto", normalize: bool = True, max_pixels: int | None = None):
         """`encoder` (already built) or `weights`/`device`/`precision` for the one the index records.
 
         The encoder is built on the first query that needs one, so feature-only use never loads a model.
+        `normalize`: frame sketches to the gallery's object extent (`prepare`); False embeds them as they are.
+        `max_pixels`: the largest sketch file accepted (images.DEFAULT_MAX_PIXELS when None).
         """
         if mode not in ("exact", "compressed"):
             raise CvretError(f"unknown search mode {mode!r}; use exact or compressed")
@@ -78,6 +82,40 @@ class QueryEngine:
             _check_encoder(index, encoder)
         self._encoder = encoder
         self._encoder_options = {"weights": weights, "device": device, "precision": precision}
+        self.normalize = normalize
+        self.max_pixels = max_pixels
+        self._calibration = None
+
+    @property
+    def calibration(self):
+        """The index's gallery extents and distance reference (`calibration.Calibration`, with its fallbacks)."""
+        if self._calibration is None:
+            from .calibration import Calibration
+
+            self._calibration = Calibration(self.index)
+        return self._calibration
+
+    def prepare(self, image, domain: str = "npr", viewpoint: str | None = None, name: str | None = None):
+        """A sketch (a path, or a PIL image decoded with its alpha) → the image that is embedded.
+
+        With `normalize`, light-on-dark ink is inverted and, unless its extent and centre are within the
+        spread of `domain`'s views (at `viewpoint`, else over its viewpoints), the ink is cropped and put
+        on white at their median extent and centre (`calibration.Calibration.target`); a blank
+        sketch raises ImageError naming `name` (or the path).
+        """
+        from .framing import normalize_sketch
+        from .images import load_image
+
+        if isinstance(image, (str, Path)):
+            name = name or str(image)
+            image = load_image(image, max_pixels=self.max_pixels, keep_alpha=self.normalize)
+        if not self.normalize:
+            return image
+        return normalize_sketch(image, self.calibration.target(domain, viewpoint), name or "sketch")
+
+    def warning(self, hits: list[Hit]) -> str | None:
+        """A warning when the best distance is far beyond those between the index's own views (else None)."""
+        return self.calibration.warning(hits[0].distance if hits else None)
 
     @property
     def encoder(self) -> LayerEncoder:
@@ -108,7 +146,7 @@ class QueryEngine:
               per_shape: bool = True) -> list[Hit]:
         """Rank the views of `domain` for one sketch (a path, a PIL image, or a feature vector)."""
         self._gallery_viewpoints(domain, viewpoint)  # checked before the (costly) embedding
-        feat = image if isinstance(image, np.ndarray) else self.embed([image])[0]
+        feat = image if isinstance(image, np.ndarray) else self.embed([self.prepare(image, domain, viewpoint)])[0]
         return self.query_features(feat, domain=domain, viewpoint=viewpoint, k=k, per_shape=per_shape)
 
     def query_features(self, feat: np.ndarray, domain: str = "npr", viewpoint: str | None = None, k: int = 10,
@@ -154,7 +192,7 @@ class QueryEngine:
         need = [i for i, x in enumerate(raw) if not isinstance(x, np.ndarray)]
         feats = [None] * len(raw)
         if need:
-            enc = self.embed([raw[i] for i in need])
+            enc = self.embed([self.prepare(raw[i], domain, names[i]) for i in need])
             for j, i in enumerate(need):
                 feats[i] = enc[j]
         for i, x in enumerate(raw):
@@ -209,7 +247,7 @@ class QueryEngine:
 
 def open_engine(index_dir: Path | str, gpu: str = "auto", *, mode: str = "exact", candidates: int | None = None,
                 weights: str | None = None, device: str = "auto", precision: str = "auto",
-                ray: str | None = None) -> QueryEngine:
+                ray: str | None = None, normalize: bool = True, max_pixels: int | None = None) -> QueryEngine:
     """Open an index folder and a query engine on it (the encoder is built on the first embedding).
 
     `ray`: search a sharded index through one Ray actor per shard (`cluster.py`) at that address.
@@ -222,11 +260,13 @@ def open_engine(index_dir: Path | str, gpu: str = "auto", *, mode: str = "exact"
         index = ShardedIndex(index_dir, ray=ray)
     else:
         index = ShapeIndex(index_dir, gpu=gpu)
-    return QueryEngine(index, mode=mode, candidates=candidates, weights=weights, device=device, precision=precision)
+    return QueryEngine(index, mode=mode, candidates=candidates, weights=weights, device=device, precision=precision,
+                       normalize=normalize, max_pixels=max_pixels)
 
 
 def query_result(engine: QueryEngine, index: str, query: dict, domain: str, hits: list[Hit],
                  excluded: int = 0) -> dict:
     """One ranking as JSON data: what `cvret query --json` prints and `cvret serve` answers, built in one place."""
     return {"query": query, "index": index, "domain": domain, "weights": engine.index.fingerprint.get("weights"),
-            "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits]}
+            "excluded_shapes": excluded, "hits": [h.to_dict() for h in hits],
+            "normalized": engine.normalize, "warning": engine.warning(hits)}

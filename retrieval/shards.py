@@ -96,7 +96,8 @@ def build_sharded(dataset: Dataset, out: Path | str, spec, n_shards: int, shards
         sub = split_dataset(dataset, n_shards, k)
         if not sub.views:
             continue
-        reports[k] = build_index(sub, shard_folder(out, k), spec, encoder_cache=cache, **options)
+        reports[k] = build_index(sub, shard_folder(out, k), spec, encoder_cache=cache, extents_from=dataset,
+                                 **options)
     return reports
 
 
@@ -283,6 +284,9 @@ class ShardedIndex:
                     vps.append(vp)
         self.viewpoints = vps
         self.categories = {s: c for _, si in self.parts for s, c in si.categories.items()}
+        from .calibration import merge
+
+        self.calibration = merge([getattr(si, "calibration", None) or {} for _, si in self.parts])
 
     def record(self, row: int) -> ViewRecord:
         si, local = self._part(row)

@@ -171,6 +171,11 @@ class _ManifestFields:
     def feature_dim(self) -> int:
         return int(self.doc["feature_dim"])
 
+    @property
+    def calibration(self) -> dict:
+        """Gallery extents and distance reference measured when indexing (`calibration.py`); {} before."""
+        return dict(self.doc.get("calibration", {}))
+
 
 class ViewTable:
     """The read side both layouts share: the live view records (`_records`, `_by_row`) and float32 reads
@@ -608,6 +613,20 @@ class IndexWriter(_ManifestFields):
                    problems=list(problems[:1000]), source=source or self.doc.get("source", ""))
         if any(self.doc.get(k) != v for k, v in new.items()):  # a run that changes nothing commits nothing
             self.doc.update(new)
+            self._dirty = True
+
+    def set_calibration(self, extents: dict | None = None, distances: dict | None = None,
+                        gallery_normalized: bool | None = None):
+        """Store what `calibration.py` measured; extents merge per (domain, viewpoint) into those stored."""
+        cal = json.loads(json.dumps(self.doc.get("calibration", {})))
+        for domain, vps in (extents or {}).items():
+            cal.setdefault("extents", {}).setdefault(domain, {}).update(vps)
+        if distances is not None:
+            cal["distances"] = distances
+        if gallery_normalized is not None:
+            cal["gallery_normalized"] = bool(gallery_normalized)
+        if cal != self.doc.get("calibration", {}):
+            self.doc["calibration"] = cal
             self._dirty = True
 
     # ---------------------------------------------------------- commit

@@ -32,7 +32,7 @@ def test_faiss_gpu_source_is_chosen_and_stays_exact(index32, dataset, monkeypatc
     monkeypatch.setattr(cand_mod.FaissGpuScan, "_gpu_index", fake_gpu_index)
     with ShapeIndex(index32, gpu="auto") as si:
         assert si.gpu_backend() == "faiss"
-        eng = QueryEngine(si, precision="fp32")
+        eng = QueryEngine(si, precision="fp32", normalize=False)  # the stored image as it is: distance 0
         hits = eng.query(dataset / "npr" / "shape02" / "az075.png", k=3)
         assert isinstance(si.source(), cand_mod.FaissGpuScan)
     assert built == [200704, 200704, 200704]  # one GPU index per npr viewpoint

@@ -240,3 +240,31 @@ def test_bench_refuses_bad_startup_views(views, capsys):
         bench.parse_args(["--startup-views", views])
     assert "--startup-views" in capsys.readouterr().err
     assert bench.parse_args(["--startup-views", "3,6"]).startup_views == [3, 6]
+
+
+def test_scale_study_quick(dataset, index32, tmp_path, capsys):
+    study = load_script("scale_study")
+    assert study.main(["--data", str(dataset), "--index", str(index32), "--limit", "3",
+                       "--json", str(tmp_path / "scale.json")]) == 0
+    res = json.loads((tmp_path / "scale.json").read_text())
+    assert res["weights"] == "untrained:seed=0" and set(res["npr_extents"]) == {"az000", "az030", "az075"}
+    assert {(r["condition"], r["setting"]) for r in res["rows"]} == {
+        (c, s) for c in study.CONDITIONS for s in study.SETTINGS}
+    assert all(r["queries"] == 3 and 0 <= r["acc@1"] <= r["acc@5"] <= 1 for r in res["rows"])
+    assert "| original |" in capsys.readouterr().out
+
+
+def test_scale_study_transforms():
+    from PIL import Image, ImageDraw
+
+    study = load_script("scale_study")
+    im = Image.new("RGB", (200, 200), "white")
+    ImageDraw.Draw(im).rectangle((40, 40, 160, 160), outline="black", width=4)
+    assert study.transform(im, "2:1 canvas").size == (400, 200)
+    half = study.transform(im, "scale 50%")
+    shifted = study.transform(im, "70% off-centre 1/4")
+    from retrieval.framing import ink_box
+
+    assert ink_box(half) == (70, 70, 131, 131)
+    box = ink_box(shifted)
+    assert box[0] > 100 and box[2] <= 200 and box[3] <= 200  # moved right and down, nothing cut

@@ -30,8 +30,9 @@ LIMITS = dict(max_body_bytes=300_000, max_pixels=1_000_000)
 
 @pytest.fixture(scope="module")
 def engine(index32):
+    """Sketches as drawn (`normalize=False`): these tests are about serving; framing has its own test below."""
     with ShapeIndex(index32, gpu="never") as si:
-        yield QueryEngine(si, precision="fp32")
+        yield QueryEngine(si, precision="fp32", normalize=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def assert_one_line_error(resp, status: int, words: str):
 def test_search_equals_cli_for_the_same_sketches(dataset, index32, client):
     folder = dataset / "sketch" / "shape03"
     cli = json.loads(run_cli(["query", folder, "--index", index32, "-k", "5", "--precision", "fp32",
-                              "--json"]).stdout)
+                              "--no-normalize", "--json"]).stdout)
     assert isinstance(cli, list) and [r["query"]["sketch"] for r in cli] == [
         str(folder / "az000.png"), str(folder / "az030.png"), str(folder / "az075.png")]
     for i, (path, ref) in enumerate(zip([folder / "az000.png", folder / "az075.png"], [cli[0], cli[2]])):
@@ -273,7 +274,7 @@ class FakeEncoder:
 def sketch_feats(dataset, engine):
     paths = [dataset / "sketch" / f"shape{i:02d}" / "az030.png" for i in range(6)]
     raws = [p.read_bytes() for p in paths]
-    ims = [load_image_bytes(r, "x") for r in raws]
+    ims = [engine.prepare(load_image_bytes(r, "x", keep_alpha=True), "npr", None, "x") for r in raws]  # as served
     return raws, {im.tobytes(): f for im, f in zip(ims, engine.embed(ims))}
 
 
@@ -345,3 +346,30 @@ def test_access_log_line(client, caplog, dataset):
     lines = [r.getMessage() for r in caplog.records if r.name == "cvret.serve.access"]
     assert re.fullmatch(r"GET /healthz 200 \d+\.\d ms", lines[0]), lines
     assert re.fullmatch(r"POST /api/search 400 \d+\.\d ms", lines[1]), lines
+
+
+def test_uploads_are_framed_like_cli_queries(dataset, index32, tmp_path):
+    """Uploads go through the same framing as `cvret query` (QueryEngine.prepare): the same ranking as the CLI
+    for a small off-centre drawing, and a light-on-dark one read as the dark-on-light sketch it inverts to."""
+    from PIL import ImageOps
+
+    path = dataset / "sketch" / "shape04" / "az075.png"
+    small = Image.new("RGB", (300, 224), "white")
+    small.paste(Image.open(path).convert("RGB").resize((100, 100)), (5, 5))
+    small.save(tmp_path / "small.png")
+    cli = json.loads(run_cli(["query", tmp_path / "small.png", "--index", index32, "-k", "3", "--precision", "fp32",
+                              "--json"]).stdout)
+    with ShapeIndex(index32, gpu="never") as si:
+        with TestClient(create_app(QueryEngine(si, precision="fp32"), str(index32), ServeOptions(**LIMITS))) as c:
+            def ask(raw, name):
+                resp = c.post("/api/search", files={"image": (name, raw, "image/png")}, data={"k": "3"})
+                assert resp.status_code == 200, resp.text
+                return resp.json()
+
+            ref = ask(path.read_bytes(), "s.png")
+            dark = ask(png(ImageOps.invert(Image.open(path).convert("L"))), "dark.png")
+            got = ask((tmp_path / "small.png").read_bytes(), "small.png")
+    assert [h["shape"] for h in dark["hits"]] == [h["shape"] for h in ref["hits"]]
+    assert dark["normalized"] is True and dark["warning"] is None
+    assert [(h["shape"], h["viewpoint"]) for h in got["hits"]] == [(h["shape"], h["viewpoint"]) for h in cli["hits"]]
+    np.testing.assert_allclose([h["distance"] for h in got["hits"]], [h["distance"] for h in cli["hits"]], rtol=1e-5)

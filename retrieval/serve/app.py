@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import CvretError, ImageError, ImageTooLarge
+from ..errors import BlankSketch, CvretError, ImageError, ImageTooLarge
 from ..images import ink_fraction, load_image_bytes
 from ..search import QueryEngine, query_result
 from .batching import EncodeBatcher, QueueFull, Stopped
@@ -194,15 +194,21 @@ class Service:
         return k, domain, viewpoint, pairs
 
     # ---------------------------------------------------------------- work
-    def _decode(self, data: bytes, label: str):
-        im = load_image_bytes(data, label, max_pixels=self.options.max_pixels)
+    def _decode(self, data: bytes, label: str, domain: str = "npr", viewpoint: str | None = None):
+        """Decode an upload and frame it as `cvret query` does (`QueryEngine.prepare`); blank ones are refused."""
+        im = load_image_bytes(data, label, max_pixels=self.options.max_pixels, keep_alpha=True)
+        try:
+            im = self.engine.prepare(im, domain, viewpoint, name=label)
+        except BlankSketch as e:
+            raise ApiError(422, str(e)) from None
         ink = ink_fraction(im)
         if ink < self.options.min_ink:
             raise ApiError(422, f"{label}: blank sketch, no ink ({ink:.3%} of pixels darker than paper)")
         return im
 
-    async def decode(self, data: bytes, label: str):
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self._decode, data, label)
+    async def decode(self, data: bytes, label: str, domain: str = "npr", viewpoint: str | None = None):
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, self._decode, data, label, domain,
+                                                                viewpoint)
 
     async def search(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.search_pool, lambda: fn(*args, **kwargs))
@@ -303,7 +309,7 @@ def create_app(engine: QueryEngine, index_label: str, options: ServeOptions | No
         data, label = images["image"]
 
         async def work():
-            im = await svc.decode(data, label)
+            im = await svc.decode(data, label, domain, viewpoint)
             feat = await svc.batcher.embed(im)
             return await svc.search(engine.query_features, feat, domain=domain, viewpoint=viewpoint, k=k,
                                     per_shape=not pairs)
@@ -324,7 +330,7 @@ def create_app(engine: QueryEngine, index_label: str, options: ServeOptions | No
                                 f"(have: {', '.join(svc.viewpoints[domain])})")
 
         async def work():
-            pics = [await svc.decode(data, label) for data, label in images.values()]
+            pics = [await svc.decode(data, label, domain, vp) for vp, (data, label) in images.items()]
             feats = await asyncio.gather(*(svc.batcher.embed(im) for im in pics))
             return await svc.search(engine.query_views, dict(zip(images, feats)), domain=domain, k=k)
 
