@@ -142,12 +142,16 @@ def main(argv=None):
                 continue
             vps = b / sec
             gflops = vps * fpv / 1e9
+            # the machine's speed drifts over minutes (shared hosts): the square GEMM again, right after this run
+            square_now = gemm_rate(n, n, n, repeat, gemm_dtype, dev)
             row = {"batch": b, "variant": name, "views_per_s": vps, "GFLOP_per_s": gflops, "setup_s": setup,
                    "layer3_gemm_GFLOPs": l3, "of_square_gemm": gflops / res["square_gemm_GFLOPs"],
+                   "square_gemm_GFLOPs_after": square_now, "of_square_gemm_after": gflops / square_now,
                    "of_layer3_gemm": gflops / l3, "load": loadavg()}
             res["runs"].append(row)
             print(f"batch {b:3d} {name:15s} {vps:7.1f} views/s  {gflops:5.0f} GFLOP/s  "
-                  f"{row['of_square_gemm']:.0%} of {n}² GEMM, {row['of_layer3_gemm']:.0%} of layer3 GEMMs "
+                  f"{row['of_square_gemm']:.0%} of {n}² GEMM ({row['of_square_gemm_after']:.0%} of the one right "
+                  f"after: {square_now:.0f}), {row['of_layer3_gemm']:.0%} of layer3 GEMMs "
                   f"({l3:.0f} GFLOP/s); setup {setup:.1f} s; load {row['load']:.2f}")
     res["load_after"] = loadavg()
     if max(res["load_before"], res["load_after"]) > 1.0:
