@@ -30,6 +30,9 @@ class FakeEncoder:
         seed = int.from_bytes(hashlib.sha256(Path(path).read_bytes()).digest()[:8], "little")
         return np.random.default_rng(seed).standard_normal(self.feature_dim).astype(np.float32)
 
+    def compile_for(self, n_views: int, mode: str = "auto") -> bool:
+        return False  # nothing to compile: features come from the file bytes
+
     def encode_paths(self, paths, batch_size=16, max_pixels=None, on_error=None, workers=2):
         for s in range(0, len(paths), batch_size):
             pos = list(range(s, min(len(paths), s + batch_size)))

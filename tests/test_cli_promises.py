@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .conftest import run_cli
 
@@ -60,7 +60,9 @@ def test_folder_and_too_large_sketch_messages(index32, dataset, tmp_path):
     one_line(run_cli(["query", "--view", f"az000={dataset / 'sketch'}", "--index", index32], ok=False), 1,
              "is a folder")
     big = tmp_path / "big.png"
-    Image.new("RGB", (300, 300), "white").save(big)
+    im = Image.new("RGB", (300, 300), "white")
+    ImageDraw.Draw(im).rectangle((60, 60, 240, 240), outline="black", width=3)  # ink: a blank sketch is refused
+    im.save(big)
     res = run_cli(["query", big, "--index", index32, "--max-pixels", "1000"], ok=False)
     one_line(res, 1, "big.png", "--max-pixels")
     assert run_cli(["query", big, "--index", index32, "--max-pixels", "100000", "-k", "1"]).exit_code == 0

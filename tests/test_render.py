@@ -10,7 +10,7 @@ import pytest
 import trimesh
 from scipy import ndimage
 
-from retrieval.errors import MeshError
+from retrieval.errors import ConfigError, MeshError
 from retrieval.render import (Camera, PreparedMesh, RenderSettings, draw_strokes, find_mesh_files, load_mesh,
                               normalize_mesh, render_dataset, render_mesh_to_dataset, render_npr, render_rgb,
                               render_views, visible_strokes)
@@ -254,10 +254,11 @@ def test_render_dataset_failures_resume_and_layout(tmp_path):
     rep3 = render_dataset(src, out, settings=small, workers=1, progress=False)
     assert sorted(rep3.rendered) == ["ball", "box"] and rep3.skipped == ["sub__chair"]
     assert png.read_bytes() == before  # deterministic
-    # other settings: everything re-rendered
-    rep4 = render_dataset([src / "box.obj"], out, settings=RenderSettings(size=48), workers=1, progress=False,
-                          domains=("npr",))
-    assert rep4.rendered == ["box"]
+    # other settings: refused (one dataset, one look), nothing rendered over the 64 px views
+    with pytest.raises(ConfigError, match="size 64 -> 48"):
+        render_dataset([src / "box.obj"], out, settings=RenderSettings(size=48), workers=1, progress=False,
+                       domains=("npr",))
+    assert png.read_bytes() == before
 
 
 def test_render_mesh_to_dataset_resumes(tmp_path):
