@@ -140,6 +140,7 @@ def _cvret(*args) -> list[str]:
     return [sys.executable, "-c", "from retrieval.cli import main; main()", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(demo_ds, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["finetune", demo_ds, *SMALL_CLI, "--epochs", "3"]

@@ -242,6 +242,7 @@ def test_bench_refuses_bad_startup_views(views, capsys):
     assert bench.parse_args(["--startup-views", "3,6"]).startup_views == [3, 6]
 
 
+@pytest.mark.slow
 def test_scale_study_quick(dataset, index32, tmp_path, capsys):
     study = load_script("scale_study")
     assert study.main(["--data", str(dataset), "--index", str(index32), "--limit", "3",

@@ -89,6 +89,7 @@ def hits(page) -> list[tuple[str, str, str]]:
             for h in page.locator(".hit").all()]
 
 
+@pytest.mark.slow
 def test_browser_draw_upload_switch_domain(server, dataset, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -172,6 +173,7 @@ def _mutants(seed_png: bytes, n: int, rng: random.Random):
         yield bytes(b)
 
 
+@pytest.mark.slow
 def test_fuzz_answers_are_2xx_or_4xx_and_memory_stays_flat(server, dataset):
     base, proc, _ = server
     rss = lambda: psutil.Process(proc.pid).memory_info().rss  # noqa: E731
@@ -208,9 +210,12 @@ def test_fuzz_answers_are_2xx_or_4xx_and_memory_stays_flat(server, dataset):
     assert after <= before * 1.10, f"RSS grew from {before / 1e6:.0f} MB to {after / 1e6:.0f} MB"
 
 
-def test_sigterm_stops_cleanly(server):
+def test_sigterm_stops_cleanly(server, dataset):
     base, proc, log = server
     assert httpx.get(base + "/healthz").status_code == 200
+    sketch = dataset / "sketch" / "shape01" / "az000.png"  # one search of its own: the slow tests may not have run
+    assert httpx.post(base + "/api/search", files={"image": ("s.png", sketch.read_bytes())}, data={"k": "3"},
+                      timeout=120).status_code == 200
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     text = log.read_text()

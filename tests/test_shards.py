@@ -124,6 +124,7 @@ def test_shards_built_apart_then_merged(data, sharded, tmp_path):
         merge_shards([b], merged)
 
 
+@pytest.mark.slow
 def test_cli_sharded_index_query_info_verify(tmp_path):
     data = make_dataset(tmp_path / "d", n_shapes=4, domains=("npr", "sketch"))
     out = tmp_path / "s"

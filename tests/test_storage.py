@@ -141,6 +141,7 @@ def _crash_at(step: int, fn, torn: bool = False) -> int:
     return int(steps) if code == 0 else -1
 
 
+@pytest.mark.slow
 def test_fault_injection_at_every_write_step(tmp_path):
     """Kill the writer at every fsync/rename/link/unlink/truncate of an update (segments, manifest commits,
     garbage collection, lock release), also with the file being synced torn in half: the index opens,
@@ -241,6 +242,7 @@ def _mount_tmpfs(folder: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_full_disk_exits_with_one_line_and_loses_nothing(data, clean, tmp_path):
     mnt = tmp_path / "small"
     mounted = _mount_tmpfs(mnt, "160k")
