@@ -224,10 +224,14 @@ def test_far_distance_warns_in_json_and_text(dataset, tmp_path):
              "--precision", "fp32", "--feature-dtype", "float32", "--quiet"])
     src = Image.open(dataset / "sketch" / "shape04" / "az075.png").convert("L")
     ImageOps.invert(src).save(tmp_path / "dark.png")
-    assert query_json(index, dataset / "sketch" / "shape04" / "az075.png")["warning"] is None
-    assert query_json(index, tmp_path / "dark.png")["warning"] is None  # inverted back: a sketch again
+    sketch = dataset / "sketch" / "shape04" / "az075.png"
+    assert query_json(index, sketch, "--no-normalize")["warning"] is None  # a gallery sketch as drawn
+    # inverted back, the dark image is the sketch again: the same best distance as the sketch itself
+    framed, dark = query_json(index, sketch), query_json(index, tmp_path / "dark.png")
+    assert dark["hits"][0]["distance"] == pytest.approx(framed["hits"][0]["distance"], rel=1e-5)
     got = query_json(index, tmp_path / "dark.png", "--no-normalize")  # white lines on black, taken as they are
     assert got["warning"] and "unlike the gallery" in got["warning"]
+    assert got["hits"][0]["distance"] > 10 * dark["hits"][0]["distance"]
     text = run_cli(["query", tmp_path / "dark.png", "--no-normalize", "--index", index, "-k", "3",
                     "--precision", "fp32"]).stdout
     assert "\nwarning: best distance" in text
