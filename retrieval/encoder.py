@@ -24,12 +24,11 @@ import torch
 from .errors import EncoderError
 from .fingerprint import Fingerprint
 from .images import load_image, preprocess_array
-from .trunk import FoldedStates, FoldedTrunk, materialize, trunk_key
+from .trunk import LAYERS, FoldedStates, FoldedTrunk, materialize, trunk_key
 from .weights import MODEL_NAME, checkpoint_path, read_state_dict, weights_identity
 
 log = logging.getLogger(__name__)
 
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
 PREPROCESS_VERSION = "white-alpha/pad-white-square/bicubic/clip-norm/v1"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -227,12 +226,12 @@ class LayerEncoder:
     """
 
     def __init__(self, spec: EncoderSpec, device: str = "auto", precision: str = "auto"):
+        check_spec(spec)  # before hashing a weights file or reading anything
         self.spec = spec
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self._weights_id = spec.identity
         self.dtype = _DTYPES[self.precision]
-        check_spec(spec)
         self._trunk_key = trunk_key(spec.model, spec.layer, self._weights_id)
         state = FOLDED.get(self._trunk_key, lambda: build_folded_state(spec))
         self.trunk = materialize(state, spec.layer, spec.model, self.device, self.dtype)
