@@ -241,14 +241,18 @@ def sketch_files(sources) -> list[Path]:
               help="sharded index: search its shards in actors of a Ray cluster")
 @click.option("--no-normalize", is_flag=True,
               help="embed sketches as drawn (no inversion, crop or scaling to the gallery's object extent)")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+              help="what runs the encoder: onnx (onnxruntime, fp32 on the CPU, no torch import: a cold query starts "
+                   "in about a second), torch, or auto (onnx for up to 32 sketches when its model is cached)")
 @click.option("--json", "as_json", is_flag=True,
               help="print hits as JSON (a list of rankings when several sketches or a folder are given)")
 def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, mode, candidates, batch_size,
-              max_pixels, precision, device, ray_address, no_normalize, as_json):
+              max_pixels, precision, device, ray_address, no_normalize, backend, as_json):
     """Rank shapes for each SKETCH (image files or folders of them), or for several --view VIEWPOINT=IMAGE sketches.
 
     The model is built once for all sketches; each gets its own ranking.
     """
+    from .portable import ONNX_MAX_IMAGES
     from .search import open_engine, query_result
 
     if k < 1:
@@ -261,8 +265,10 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
         raise click.UsageError(f"{'--pairs' if pairs else '--viewpoint'} does nothing with --view (a --view query "
                                "ranks shapes by the mean over the given viewpoints); leave it out")
     files = sketch_files(sketches)
+    if backend == "auto" and len(files) + len(views) > ONNX_MAX_IMAGES:
+        backend = "torch"  # a long job: torch's bf16 kernels pay back its import
     engine = open_engine(index_dir, ray=ray_address, mode=mode, candidates=candidates, weights=weights, device=device,
-                         precision=precision, normalize=not no_normalize, max_pixels=max_pixels)
+                         precision=precision, normalize=not no_normalize, max_pixels=max_pixels, backend=backend)
     if views:
         parsed, named = {}, {}
         for item in views:
@@ -287,7 +293,15 @@ def query_cmd(sketches, index_dir, views, k, domain, viewpoint, pairs, weights, 
     if as_json:
         data = [r for r, _ in results] if as_list else results[0][0]
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-        return
+    else:
+        print_results(results, as_list)
+    if backend == "auto" and engine.save_onnx_model():
+        click.echo("note: wrote the ONNX model of these weights to the cvret cache: later queries start without torch",
+                   err=True)
+
+
+def print_results(results: list, as_list: bool):
+    """The rankings as `cvret query` prints them without --json."""
     for i, (res, hits) in enumerate(results):
         if as_list:
             click.echo(("\n" if i else "") + f"== {res['query']['sketch']}")

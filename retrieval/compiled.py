@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .trunk import cache_dir
+from .cache import cache_dir
 
 log = logging.getLogger(__name__)
 

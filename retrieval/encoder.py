@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -24,79 +23,14 @@ import torch
 from .errors import EncoderError
 from .fingerprint import Fingerprint
 from .images import load_image, preprocess_array
-from .trunk import LAYERS, FoldedStates, FoldedTrunk, materialize, trunk_key
-from .weights import MODEL_NAME, checkpoint_path, read_state_dict, weights_identity
+from .spec import (LAYERS, PREPROCESS_VERSION, EncoderSpec, check_spec, remembered_weights_file,  # noqa: F401
+                   weights_file_record)
+from .trunk import FoldedStates, FoldedTrunk, materialize, trunk_key
+from .weights import checkpoint_path, read_state_dict
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = "white-alpha/pad-white-square/bicubic/clip-norm/v1"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What to build: model, layer and weights (`openai`, `untrained`, or a checkpoint path)."""
-    weights: str = "openai"
-    layer: str = "layer3"
-    seed: int = 0
-    image_size: int = 224
-    model: str = MODEL_NAME
-
-    @classmethod
-    def from_fingerprint(cls, fp: "Fingerprint | dict", weights_path: str | None = None) -> "EncoderSpec":
-        """The spec that reproduces an index's encoder; a local file must be given again by path."""
-        fp = Fingerprint.from_dict(fp)
-        w = str(fp.weights or "")
-        if w.startswith("untrained:seed="):
-            return cls("untrained", fp.layer, int(w.split("=", 1)[1]), int(fp.image_size), fp.model)
-        if w == "openai":
-            return cls("openai", fp.layer, 0, int(fp.image_size), fp.model)
-        if w.startswith("sha256:"):
-            if not weights_path:
-                weights_path = remembered_weights_file(fp)
-            return cls(weights_path, fp.layer, 0, int(fp.image_size), fp.model)
-        raise EncoderError(f"unknown weights in fingerprint: {w!r}")
-
-    @property
-    def identity(self) -> str:
-        """The weights' identity as the fingerprint records it (hashes a checkpoint file)."""
-        return weights_identity(self.weights, self.seed)
-
-    def expected_fingerprint(self) -> Fingerprint:
-        """The compared part of the fingerprint, known without building the model."""
-        return Fingerprint(model=self.model, layer=self.layer, weights=self.identity, image_size=self.image_size,
-                           preprocess=PREPROCESS_VERSION)
-
-
-def check_spec(spec: EncoderSpec):
-    """Refuse a layer or model cvret cannot build, before any weights are read."""
-    if spec.layer not in LAYERS:
-        raise EncoderError(f"unknown layer {spec.layer!r}; choose one of {', '.join(LAYERS)}")
-    if spec.model != MODEL_NAME:
-        raise EncoderError(f"unsupported model {spec.model!r}; cvret extracts features from {MODEL_NAME}")
-
-
-def weights_file_record(weights: str) -> dict:
-    """{'weights_file': absolute path} for a local checkpoint (its hash is the fingerprint's `weights`),
-    so that queries find the file by themselves while it stays where the index was built from."""
-    if weights in ("openai", "untrained"):
-        return {}
-    return {"weights_file": str(Path(weights).resolve())}
-
-
-def remembered_weights_file(fp: Fingerprint) -> str:
-    """The local weights file an index records, when it is still there with the recorded hash."""
-    w = str(fp.weights)
-    path = (fp.extra or {}).get("weights_file")
-    if not path:
-        raise EncoderError(f"the index was built with a local weights file ({w[:19]}...); pass it with --weights PATH")
-    if not Path(path).is_file():
-        raise EncoderError(f"the index was built with the weights file {path}, which is no longer there; "
-                           "pass its new place with --weights PATH")
-    if weights_identity(path) != w:
-        raise EncoderError(f"{path}: this weights file changed since the index was built (its hash is not "
-                           f"{w[:19]}...); pass the original with --weights PATH")
-    return path
 
 
 def build_visual(spec: EncoderSpec, full: bool = False) -> torch.nn.Module:
@@ -235,6 +169,7 @@ class LayerEncoder:
         self._trunk_key = trunk_key(spec.model, spec.layer, self._weights_id)
         state = FOLDED.get(self._trunk_key, lambda: build_folded_state(spec))
         self.trunk = materialize(state, spec.layer, spec.model, self.device, self.dtype)
+        self._state = state
         self.compiled = None  # the AOTInductor package, once `compile_for` switched to it
         self.feature_shape = FoldedTrunk.feature_shape(spec.layer, spec.image_size, spec.model)
         self.feature_dim = int(np.prod(self.feature_shape))
@@ -245,6 +180,10 @@ class LayerEncoder:
                            image_size=self.spec.image_size, preprocess=PREPROCESS_VERSION,
                            feature_shape=tuple(self.feature_shape), precision=self.precision,
                            torch=torch.__version__.split("+")[0], extra=weights_file_record(self.spec.weights))
+
+    def fp32_trunk(self) -> FoldedTrunk:
+        """A float32 CPU copy of the trunk (what the ONNX export and reference checks start from)."""
+        return materialize(self._state, self.spec.layer, self.spec.model, "cpu", torch.float32, channels_last=False)
 
     def compile_for(self, n_views: int, mode: str = "auto") -> bool:
         """Switch to the compiled trunk when `mode` and the job's size call for it (see `compiled.py`).

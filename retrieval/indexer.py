@@ -235,6 +235,16 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
     finally:
         if writer is not None:
             writer.close(commit=False)
+    if encoder is not None and to_embed:
+        _write_query_model(encoder, report)
+
+
+def _write_query_model(encoder: LayerEncoder, report: IndexReport):
+    """Export the ONNX model of the index's weights when not cached yet, so queries start without torch (`portable`)."""
+    from .portable import ensure_model
+
+    if hasattr(encoder, "fp32_trunk") and ensure_model(encoder) is not None:
+        report.notes.append("wrote the ONNX model of these weights to the cvret cache (queries start without torch)")
 
 
 def _check_compatible(writer: IndexWriter, want: Fingerprint, feature_dtype: str, out: Path):

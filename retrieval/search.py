@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .distance import candidate_count
-from .encoder import EncoderSpec, LayerEncoder
 from .errors import CvretError, EncoderError
 from .fingerprint import Fingerprint
 from .index import ShapeIndex
+from .portable import BACKENDS
+from .spec import EncoderSpec
 
 
 @dataclass
@@ -40,8 +41,15 @@ class Hit:
 
 
 def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str = "auto",
-                      precision: str = "auto") -> LayerEncoder:
-    """The encoder an index was built with; a differing one stops with a clear error."""
+                      precision: str = "auto", backend: str = "torch"):
+    """The encoder an index was built with; a differing one stops with a clear error.
+
+    `backend`: 'torch' (`LayerEncoder`), 'onnx' (`portable.OnnxEncoder`, fp32 on the CPU; its model is
+    exported first when not cached) or 'auto' (the ONNX encoder when its model is cached and the
+    options allow it, else torch: a short query then never imports torch).
+    """
+    if backend not in BACKENDS:
+        raise EncoderError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     local = weights if weights not in (None, "openai", "untrained") else None
     built = str(index.fingerprint.get("weights"))
     if weights in ("openai", "untrained") and built.split(":", 1)[0] != weights:
@@ -50,12 +58,44 @@ def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str
     spec = EncoderSpec.from_fingerprint(index.fingerprint, weights_path=local)
     if local is not None:  # a file given for an openai/untrained index: its fingerprint will not match
         spec = replace(spec, weights=local)
-    enc = LayerEncoder(spec, device=device, precision=precision)
+    enc = _onnx_encoder(spec, device, precision, backend) if backend != "torch" else None
+    if enc is None:
+        from .encoder import LayerEncoder
+
+        enc = LayerEncoder(spec, device=device, precision=precision)
     _check_encoder(index, enc)
     return enc
 
 
-def _check_encoder(index: ShapeIndex, encoder: LayerEncoder):
+def _onnx_encoder(spec: EncoderSpec, device: str, precision: str, backend: str):
+    """The ONNX encoder for `backend` 'auto' (None when not usable as it is) or 'onnx' (made usable, or an error)."""
+    from . import portable
+
+    why = portable.onnx_unsuitable(device, precision)
+    if why is not None:
+        if backend == "onnx":
+            raise EncoderError(f"--backend onnx: {why}")
+        return None
+    enc = portable.open_onnx_encoder(spec)
+    if enc is not None or backend == "auto":
+        return enc
+    missing = [m for m, ok in (("onnxruntime", portable.runtime_available()),
+                               ("onnx and onnxscript", portable.exporter_available())) if not ok]
+    if missing:
+        raise EncoderError(f"--backend onnx needs {' and '.join(missing)} (pip install onnxruntime onnx onnxscript)")
+    if portable.model_paths(spec) is None:
+        raise EncoderError("--backend onnx needs the cvret cache for its model, and CVRET_CACHE_DIR is empty")
+    from .encoder import LayerEncoder
+
+    if portable.write_model(spec, LayerEncoder(spec, device="cpu", precision="fp32").fp32_trunk()) is None:
+        raise EncoderError("--backend onnx: the ONNX model could not be exported (see the log); use --backend torch")
+    enc = portable.open_onnx_encoder(spec)
+    if enc is None:
+        raise EncoderError("--backend onnx: the exported ONNX model could not be loaded (see the log)")
+    return enc
+
+
+def _check_encoder(index: ShapeIndex, encoder):
     have = Fingerprint.from_dict(index.fingerprint)
     if have.diff(encoder.fingerprint):
         raise EncoderError(have.mismatch(encoder.fingerprint, str(index.folder)))
@@ -64,10 +104,12 @@ def _check_encoder(index: ShapeIndex, encoder: LayerEncoder):
 class QueryEngine:
     """Queries one index. `mode='compressed'` takes candidates from the PCA index (exact re-ranking)."""
 
-    def __init__(self, index: ShapeIndex, encoder: LayerEncoder | None = None, mode: str = "exact",
+    def __init__(self, index: ShapeIndex, encoder=None, mode: str = "exact",
                  candidates: int | None = None, *, weights: str | None = None, device: str = "auto",
-                 precision: str = "auto", normalize: bool = True, max_pixels: int | None = None):
-        """`encoder` (already built) or `weights`/`device`/`precision` for the one the index records.
+                 precision: str = "auto", normalize: bool = True, max_pixels: int | None = None,
+                 backend: str = "torch"):
+        """`encoder` (already built) or `weights`/`device`/`precision`/`backend` for the one the index records
+        (`encoder_for_index`; a `LayerEncoder` or an `OnnxEncoder`).
 
         The encoder is built on the first query that needs one, so feature-only use never loads a model.
         `normalize`: frame sketches to the gallery's object extent (`prepare`); False embeds them as they are.
@@ -81,7 +123,9 @@ class QueryEngine:
         if encoder is not None:
             _check_encoder(index, encoder)
         self._encoder = encoder
-        self._encoder_options = {"weights": weights, "device": device, "precision": precision}
+        if backend not in BACKENDS:
+            raise CvretError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._encoder_options = {"weights": weights, "device": device, "precision": precision, "backend": backend}
         self.normalize = normalize
         self.max_pixels = max_pixels
         self._calibration = None
@@ -118,10 +162,22 @@ class QueryEngine:
         return self.calibration.warning(hits[0].distance if hits else None)
 
     @property
-    def encoder(self) -> LayerEncoder:
+    def encoder(self):
         if self._encoder is None:
             self._encoder = encoder_for_index(self.index, **self._encoder_options)
         return self._encoder
+
+    def save_onnx_model(self) -> bool:
+        """After embedding on torch where the ONNX encoder could have served (backend 'auto' without its model):
+        export the model (`portable.ensure_model`), so that the next process starts without torch. True if written."""
+        from . import portable
+
+        enc, opts = self._encoder, self._encoder_options
+        if enc is None or isinstance(enc, portable.OnnxEncoder) or opts["backend"] == "torch":
+            return False
+        if portable.onnx_unsuitable(opts["device"], opts["precision"]) is not None:
+            return False
+        return portable.ensure_model(enc) is not None
 
     def embed(self, images: list) -> np.ndarray:
         return self.encoder.encode_images(images)
@@ -247,7 +303,8 @@ class QueryEngine:
 
 def open_engine(index_dir: Path | str, gpu: str = "auto", *, mode: str = "exact", candidates: int | None = None,
                 weights: str | None = None, device: str = "auto", precision: str = "auto",
-                ray: str | None = None, normalize: bool = True, max_pixels: int | None = None) -> QueryEngine:
+                ray: str | None = None, normalize: bool = True, max_pixels: int | None = None,
+                backend: str = "torch") -> QueryEngine:
     """Open an index folder and a query engine on it (the encoder is built on the first embedding).
 
     `ray`: search a sharded index through one Ray actor per shard (`cluster.py`) at that address.
@@ -261,7 +318,7 @@ def open_engine(index_dir: Path | str, gpu: str = "auto", *, mode: str = "exact"
     else:
         index = ShapeIndex(index_dir, gpu=gpu)
     return QueryEngine(index, mode=mode, candidates=candidates, weights=weights, device=device, precision=precision,
-                       normalize=normalize, max_pixels=max_pixels)
+                       normalize=normalize, max_pixels=max_pixels, backend=backend)
 
 
 def query_result(engine: QueryEngine, index: str, query: dict, domain: str, hits: list[Hit],

@@ -12,28 +12,20 @@ torch alone. A damaged or stale cache file is rebuilt from open_clip, never trus
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import threading
 from collections import OrderedDict
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .cache import cache_dir, key_name, trunk_key  # noqa: F401 (trunk_key: re-exported)
 from .errors import EncoderError
+from .spec import ARCHITECTURES, EXPANSION, LAYERS, feature_shape
 
 log = logging.getLogger(__name__)
 
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
-# open_clip's ModifiedResNet configurations (blocks per stage, stem width); checked against
-# open_clip's own config whenever a trunk is built from it.
-ARCHITECTURES = {"RN50": ((3, 4, 6, 3), 64), "RN101": ((3, 4, 23, 3), 64)}
-CACHE_FORMAT = "cvret-folded-trunk/v1"
-EXPANSION = 4
 BN_EPS = 1e-5  # open_clip's BatchNorm2d default, the one OpenAI's RN101 was trained with
 
 
@@ -87,12 +79,8 @@ class FoldedTrunk(nn.Module):
 
     @staticmethod
     def feature_shape(layer: str, image_size: int, model: str = "RN101") -> tuple[int, int, int]:
-        """(C, H, W) of the feature map, without running the model: the stem divides by 4, each later stage by 2."""
-        i = LAYERS.index(layer)
-        side = image_size // 4
-        for _ in range(i):
-            side //= 2
-        return ARCHITECTURES[model][1] * 2 ** i * EXPANSION, side, side
+        """(C, H, W) of the feature map, without running the model (`spec.feature_shape`)."""
+        return feature_shape(layer, image_size, model)
 
     @classmethod
     def empty(cls, layer: str, model: str = "RN101") -> "FoldedTrunk":
@@ -157,32 +145,6 @@ def folding_pairs(trunk: FoldedTrunk) -> dict[str, tuple[str, str]]:
 
 # ------------------------------------------------------------------ the caches
 
-def cache_dir() -> Path | None:
-    """Where folded trunks are kept: $CVRET_CACHE_DIR (empty: no disk cache), else $XDG_CACHE_HOME/cvret."""
-    env = os.environ.get("CVRET_CACHE_DIR")
-    if env is not None:
-        return Path(env) if env.strip() else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvret"
-
-
-def _open_clip_version() -> str:
-    try:
-        return metadata.version("open_clip_torch")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def trunk_key(model: str, layer: str, weights_identity: str) -> dict:
-    """What decides the folded weights. Random initialisation depends on open_clip's code, so its version counts."""
-    return {"format": CACHE_FORMAT, "model": model, "layer": layer, "weights": weights_identity,
-            "open_clip": _open_clip_version() if weights_identity.startswith("untrained") else None,
-            "torch": torch.__version__.split("+")[0]}
-
-
-def _key_name(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-
-
 def _digest(state: dict) -> str:
     import xxhash
 
@@ -198,7 +160,7 @@ def read_cached(key: dict) -> dict | None:
     folder = cache_dir()
     if folder is None:
         return None
-    path = folder / "trunks" / f"{_key_name(key)}.pt"
+    path = folder / "trunks" / f"{key_name(key)}.pt"
     if not path.is_file():
         return None
     try:
@@ -220,7 +182,7 @@ def write_cached(key: dict, state: dict) -> Path | None:
     folder = cache_dir()
     if folder is None:
         return None
-    path = folder / "trunks" / f"{_key_name(key)}.pt"
+    path = folder / "trunks" / f"{key_name(key)}.pt"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in state.items()}
@@ -245,7 +207,7 @@ class FoldedStates:
         self._lock = threading.Lock()
 
     def get(self, key: dict, build) -> dict:
-        name = _key_name(key)
+        name = key_name(key)
         with self._lock:
             state = self._items.get(name)
             if state is not None:

@@ -13,8 +13,6 @@ import socket
 import zipfile
 from pathlib import Path
 
-import torch
-
 from .errors import EncoderError
 from .images import content_sha256
 
@@ -124,6 +122,8 @@ def read_state_dict(path: Path) -> dict:
     code run); only a TorchScript archive (OpenAI's RN101.pt) goes through `torch.jit.load`, whose own
     deprecation warning torch then shows: cvret changes no warning filter.
     """
+    import torch  # here, not at the top: the identity functions above must not cost torch's import
+
     path = Path(path)
     kind = checkpoint_format(path)
     try:

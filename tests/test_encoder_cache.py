@@ -72,7 +72,7 @@ def test_damaged_cache_file_is_rebuilt_not_trusted(tmp_path, monkeypatch, caplog
     # a file saved for another key under this name is refused too
     other = trunk_key("RN101", "layer1", "untrained:seed=5")
     write_cached(other, state)
-    (tmp_path / "trunks" / f"{trunk_mod._key_name(other)}.pt").replace(path)
+    (tmp_path / "trunks" / f"{trunk_mod.key_name(other)}.pt").replace(path)
     assert read_cached(key) is None
 
 
