@@ -15,8 +15,9 @@ __version__ = "0.1.0"  # the one version source (pyproject.toml reads it)
 
 _EXPORTS = {
     "discover": "dataset",
-    "EncoderSpec": "encoder",
+    "EncoderSpec": "spec",
     "LayerEncoder": "encoder",
+    "OnnxEncoder": "portable",
     "Fingerprint": "fingerprint",
     "build_index": "indexer",
     "ShapeIndex": "index",

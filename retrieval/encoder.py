@@ -9,6 +9,8 @@ Weights come from `weights.py` (as open_clip keeps `pretrained.py` apart from it
 `openai` (open_clip's download and cache), a local checkpoint file, or `untrained` with a
 seed — the last one an explicit choice for tests and the offline demo, recorded in the
 `Fingerprint` so that an index built with random weights can never be queried with real ones.
+What an encoder *is* (`EncoderSpec`, the layers) lives in `spec.py`, which needs no torch; it is
+re-exported here.
 """
 from __future__ import annotations
 
