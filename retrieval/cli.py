@@ -116,7 +116,6 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
               merge_from, ray_address, workers, normalize, as_json, quiet):
     """Embed every view of DATASET_DIR into an index folder (resumable: run again to continue)."""
     from .dataset import discover
-    from .encoder import EncoderSpec
     from .indexer import build_index
     from .shards import build_sharded, is_sharded, merge_shards, read_shards
     from .viewpoints import make_viewpoints, parse_azimuths
@@ -159,6 +158,15 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
         click.echo(f"warning: {p}", err=True)
     if len(ds.problems) > 20:
         click.echo(f"warning: ... and {len(ds.problems) - 20} more dataset problems", err=True)
+    scan = None
+    if not shards and not ray_address:  # hash the files (and measure a new index's extents) while torch loads
+        from .prescan import start_scan
+        from .store import index_exists
+
+        chosen = [v for v in ds.views if not dom or v.domain in dom]
+        scan = start_scan(chosen, max_pixels, extents=overwrite or not index_exists(out)) if chosen else None
+    from .encoder import EncoderSpec  # imports torch: 2 s
+
     spec = EncoderSpec(weights=weights, layer=layer, seed=seed)
     if weights == "untrained" and not as_json:
         click.echo(f"note: untrained RN101 weights (seed {seed}): features are random projections, not CLIP's; "
@@ -183,7 +191,7 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
     elif shards:
         reports = build_sharded(ds, out, spec, shards, list(only_shards) or None, **options)
     else:
-        reports = {None: build_index(ds, out, spec, **options)}
+        reports = {None: build_index(ds, out, spec, scan=scan, **options)}
     for rep in reports.values():
         for note in rep.notes:
             click.echo(f"note: {note}", err=True)
