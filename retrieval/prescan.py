@@ -65,6 +65,8 @@ class PendingScan:
     def __init__(self, views: list, max_pixels: int | None, extents: bool):
         self.views, self.max_pixels, self.extents = list(views), max_pixels, extents
         ctx = multiprocessing.get_context("fork")
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered may be written twice (by the child too)
+            stream.flush()
         self._recv, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_scan_in_child, args=(send, self.views, max_pixels, extents),
                                  name="cvret-prescan", daemon=True)  # never outlives an early exit
@@ -101,8 +103,8 @@ def _scan_in_child(send, views, max_pixels, extents):
 def start_scan(views: list, max_pixels: int | None = None, extents: bool = False) -> PendingScan | None:
     """`scan_views` in a forked child, or None where forking is unavailable or unsafe (torch already loaded:
     the caller then scans inline, as `build_index` does when given no scan)."""
-    if any(m in sys.modules for m in _NOT_BEFORE_FORK) or "fork" not in multiprocessing.get_all_start_methods():
-        return None
+    if any(m in sys.modules for m in _NOT_BEFORE_FORK) or not sys.platform.startswith("linux"):
+        return None  # (macOS: fork is unsafe once system frameworks are loaded; Windows has no fork)
     try:
         return PendingScan(views, max_pixels, extents)
     except OSError:  # no process to spare: scan inline

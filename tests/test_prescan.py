@@ -115,6 +115,8 @@ AUDIT = """
             seen.add((os.getpid(), name))
             log.write(json.dumps([os.getpid(), event, name or None]) + "\\n")
     sys.addaudithook(hook)
+    import atexit, gc  # runs after the handlers `cvret index` registers (last in, first out)
+    atexit.register(lambda: log.write(json.dumps([os.getpid(), "frozen at exit", gc.get_freeze_count() > 0]) + "\\n"))
     from retrieval.cli import main
     sys.argv = ["cvret"] + sys.argv[1:]
     main()
@@ -145,6 +147,7 @@ def test_cli_index_scans_in_a_child_and_stores_what_an_inline_build_stores(small
     assert mine.index(["os.fork", None]) < mine.index(["import", "torch"])  # the child started before torch
     assert ["import", "scipy.ndimage"] not in mine  # the extents were measured in the child only
     assert any(e[0] != parent and e[1:] == ["import", "scipy.ndimage"] for e in events)
+    assert ["frozen at exit", True] in mine  # the last collections skipped (cli.skip_final_collection)
 
     # the same dataset built the old way: in-process, no scan given, the same encoder settings
     ref = tmp_path / "inline"
