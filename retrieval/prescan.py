@@ -79,8 +79,9 @@ class PendingScan:
         if not self._done:
             self._done = True
             try:
-                got = self._recv.recv()
-                self._result = got if isinstance(got, ViewScan) else None
+                got = self._recv.recv()  # (shas, unreadable, extents): the views themselves are ours already
+                if got is not None:
+                    self._result = ViewScan(self.views, self.max_pixels, *got)
             except (EOFError, OSError):  # the child died before sending: scan inline instead
                 self._result = None
             finally:
@@ -92,7 +93,8 @@ class PendingScan:
 def _scan_in_child(send, views, max_pixels, extents):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
     try:
-        send.send(scan_views(views, max_pixels, extents))
+        scan = scan_views(views, max_pixels, extents)
+        send.send((scan.shas, scan.unreadable, scan.extents))
     except BaseException:  # noqa: BLE001 - any failure: the parent scans inline and reports it itself
         with contextlib.suppress(BaseException):
             send.send(None)
