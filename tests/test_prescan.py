@@ -157,3 +157,16 @@ def test_cli_index_scans_in_a_child_and_stores_what_an_inline_build_stores(small
     assert got["calibration"] == want["calibration"] and got["calibration"]["extents"]["npr"]
     assert got["views"] == want["views"]
     assert got["features"] == want["features"]
+
+
+def test_discover_names_only_the_empty_shape_folders(small, tmp_path):
+    """discover's empty-folder check is one set look-up per folder (it was a pass over every view per folder:
+    quadratic in the number of shapes); exactly the empty folders are named."""
+    import shutil
+
+    root = shutil.copytree(small, tmp_path / "data")
+    (root / "npr" / "empty1").mkdir()
+    (root / "npr" / "empty2").mkdir()
+    problems = [p for p in discover(root).problems if "shape folder has no views" in p]
+    assert problems == [f"{root / 'npr' / 'empty1'}: shape folder has no views",
+                        f"{root / 'npr' / 'empty2'}: shape folder has no views"]
