@@ -172,12 +172,11 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
     if len(ds.problems) > 20:
         click.echo(f"warning: ... and {len(ds.problems) - 20} more dataset problems", err=True)
     scan = None
-    if not shards and not ray_address:  # hash the files (and measure a new index's extents) while torch loads
+    if not shards and not ray_address:  # hash the files and measure the extents while torch loads
         from .prescan import start_scan
-        from .store import index_exists
 
         chosen = [v for v in ds.views if not dom or v.domain in dom]
-        scan = start_scan(chosen, max_pixels, extents=overwrite or not index_exists(out)) if chosen else None
+        scan = start_scan(chosen, max_pixels, extents=True) if chosen else None
     from .encoder import EncoderSpec  # imports torch: 2 s
 
     skip_final_collection()

@@ -1,8 +1,10 @@
 """What an index run reads from the image files before any model exists, and reading it while torch loads.
 
 `cvret index` spends its first two seconds importing torch. Before the first view can be embedded
-it must also hash every view file (what is new?) and, for a new index, measure the gallery's object
-extents (`calibration.measure_extents`: decoding a sample of views, labelling their ink with scipy).
+it must also hash every view file (what is new?) and, whenever views change, measure the gallery's
+object extents (`calibration.measure_extents`: decoding a sample of views, labelling their ink with
+scipy). The child measures them in every run (a run that changes nothing does not use them: the
+child's time is hidden behind the import either way).
 None of that needs torch, so `start_scan` runs it in a forked child process while the main process
 imports torch; `build_index(..., scan=...)` then takes the child's result instead of computing it.
 

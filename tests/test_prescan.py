@@ -134,29 +134,38 @@ def _stored(folder: Path) -> dict:
 
 
 def test_cli_index_scans_in_a_child_and_stores_what_an_inline_build_stores(small, tmp_path, encoder32):
-    log = tmp_path / "audit.jsonl"
-    out = tmp_path / "cli"
-    p = _run(AUDIT, "index", small, "--out", out, "--weights", "untrained", "--seed", "0", "--quiet",
-             "--compile", "never", "--precision", "fp32", "--device", "cpu", "--json", env={"AUDIT_LOG": str(log)})
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["embedded"] == 9
-    events = [json.loads(line) for line in log.read_text().splitlines()]
-    parent = events[0][0]
-    mine = [e[1:] for e in events if e[0] == parent]
-    assert ["os.fork", None] in mine and ["import", "torch"] in mine
-    assert mine.index(["os.fork", None]) < mine.index(["import", "torch"])  # the child started before torch
-    assert ["import", "scipy.ndimage"] not in mine  # the extents were measured in the child only
-    assert any(e[0] != parent and e[1:] == ["import", "scipy.ndimage"] for e in events)
-    assert ["frozen at exit", True] in mine  # the last collections skipped (cli.skip_final_collection)
+    """A new index, then a resumed one with a shape more: each CLI run scans in a child forked before torch is
+    imported, and stores exactly what the same builds in-process (no scan given: inline) store."""
+    import shutil
 
-    # the same dataset built the old way: in-process, no scan given, the same encoder settings
-    ref = tmp_path / "inline"
-    build_index(discover(small), ref, encoder32.spec, encoder=encoder32, progress=False, compile="never")
-    got, want = _stored(out), _stored(ref)
-    assert got["fingerprint"] == want["fingerprint"]
-    assert got["calibration"] == want["calibration"] and got["calibration"]["extents"]["npr"]
-    assert got["views"] == want["views"]
-    assert got["features"] == want["features"]
+    data = shutil.copytree(small, tmp_path / "data")
+    shutil.move(data / "npr" / "shape02", tmp_path / "held")
+    log, out, ref = tmp_path / "audit.jsonl", tmp_path / "cli", tmp_path / "inline"
+    for run, embedded in ((1, 6), (2, 3)):
+        if run == 2:
+            shutil.move(tmp_path / "held", data / "npr" / "shape02")
+        log.unlink(missing_ok=True)
+        p = _run(AUDIT, "index", data, "--out", out, "--weights", "untrained", "--seed", "0", "--quiet",
+                 "--compile", "never", "--precision", "fp32", "--device", "cpu", "--json",
+                 env={"AUDIT_LOG": str(log)})
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["embedded"] == embedded
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        parent = events[0][0]
+        mine = [e[1:] for e in events if e[0] == parent]
+        assert ["os.fork", None] in mine and ["import", "torch"] in mine
+        assert mine.index(["os.fork", None]) < mine.index(["import", "torch"])  # the child started before torch
+        assert ["import", "scipy.ndimage"] not in mine  # the extents were measured in the child only
+        assert any(e[0] != parent and e[1:] == ["import", "scipy.ndimage"] for e in events)
+        assert ["frozen at exit", True] in mine  # the last collections skipped (cli.skip_final_collection)
+
+        # the same dataset built the old way: in-process, no scan given, the same encoder settings
+        build_index(discover(data), ref, encoder32.spec, encoder=encoder32, progress=False, compile="never")
+        got, want = _stored(out), _stored(ref)
+        assert got["fingerprint"] == want["fingerprint"]
+        assert got["calibration"] == want["calibration"] and len(got["calibration"]["extents"]["npr"]) == 3
+        assert got["views"] == want["views"] and len(got["views"]) == {1: 6, 2: 9}[run]
+        assert got["features"] == want["features"]
 
 
 def test_discover_names_only_the_empty_shape_folders(small, tmp_path):
