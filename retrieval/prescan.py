@@ -3,10 +3,10 @@
 `cvret index` spends its first two seconds importing torch. Before the first view can be embedded
 it must also hash every view file (what is new?) and, whenever views change, measure the gallery's
 object extents (`calibration.measure_extents`: decoding a sample of views, labelling their ink with
-scipy). The child measures them in every run (a run that changes nothing does not use them: the
-child's time is hidden behind the import either way).
-None of that needs torch, so `start_scan` runs it in a forked child process while the main process
-imports torch; `build_index(..., scan=...)` then takes the child's result instead of computing it.
+scipy). None of that needs torch, so `start_scan` runs it in a forked child process while the main
+process imports torch, and `build_index(..., scan=...)` takes the child's result instead of computing
+it. The child measures the extents in every run: a run that changes nothing leaves them unused, but
+the child's time is hidden behind the import either way.
 
 Why a process and not a thread: importing torch holds the GIL nearly all the time (module code,
 and the extension's loading and registration run with the GIL held), so a thread doing the scan
