@@ -191,11 +191,12 @@ def discover(root: Path | str, patterns: list[str] | None = None, domains: list[
 
     # Report shape folders with no views and missing (shape, domain, viewpoint) combinations.
     if patterns == [DEFAULT_PATTERN]:
+        with_views = {k[:2] for k in found}  # a set: one look-up per folder, not a pass over every view
         for dom_dir in sorted(p for p in root.iterdir() if p.is_dir()):
             if domains and dom_dir.name not in domains:
                 continue
             for shape_dir in sorted(p for p in dom_dir.iterdir() if p.is_dir()):
-                if not any(k[0] == dom_dir.name and k[1] == shape_dir.name for k in found):
+                if (dom_dir.name, shape_dir.name) not in with_views:
                     problems.append(f"{shape_dir}: shape folder has no views")
     present = {(v.domain, v.shape) for v in views}
     have = set(found)

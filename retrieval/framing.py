@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
 
 from .errors import BlankSketch
 from .images import PAPER_LEVEL, pad_to_square, to_rgb_on_white, to_rgba
@@ -71,6 +70,8 @@ def ink_mask(im: Image.Image) -> np.ndarray:
     mask = grey < min(PAPER_LEVEL, paper - INK_CONTRAST)
     if not mask.any():
         return mask
+    from scipy import ndimage  # here, not at the top: 0.2 s to import, which `cvret index` often never needs
+
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= max(4, SPECK_FRACTION * grey.size)

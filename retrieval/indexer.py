@@ -12,13 +12,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .dataset import Dataset
-from .encoder import EncoderSpec, LayerEncoder
 from .fingerprint import Fingerprint
 from .errors import CvretError, EncoderError, ImageError, StoreError
-from .images import content_sha256
+from .prescan import PendingScan, ViewScan, scan_views
 from .store import IndexWriter, index_exists
+
+if TYPE_CHECKING:  # imported when a model is built: `cvret index` scans the files while torch loads (prescan.py)
+    from .encoder import EncoderSpec, LayerEncoder
 
 
 @dataclass
@@ -53,7 +56,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
                 encoder: LayerEncoder | None = None, compress: str | None = None,
                 compress_sample: int = 2048, commit_views: int = 256, verify: bool = True,
                 encoder_cache: dict | None = None, compile: str = "auto", normalize: bool = False,
-                extents_from: Dataset | None = None) -> IndexReport:
+                extents_from: Dataset | None = None, scan: ViewScan | PendingScan | None = None) -> IndexReport:
     """Embed the views of `dataset` with the encoder `spec` into the index folder `out` (created or resumed).
 
     Only what is new is embedded: a view whose content hash is stored is left alone, an image
@@ -70,6 +73,8 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
     `normalize` frames every view to its (domain, viewpoint)'s extent before embedding, as queries are;
     `extents_from`: the dataset the extents are measured on (a shard: the whole dataset, so that every
     shard stores the same extents and a sharded index frames queries as one index would).
+    `scan`: the views' hashes (and extents) already read by `prescan.py` (`cvret index` reads them while torch
+    loads); used only when it covers exactly these views, else they are read here.
     Returns the counts and timings.
     """
     out = Path(out)
@@ -91,7 +96,7 @@ def build_index(dataset: Dataset, out: Path | str, spec: EncoderSpec, *, domains
         _update(dataset, views, out, spec, want, report, device=device, precision=precision, batch_size=batch_size,
                 feature_dtype=feature_dtype, strict=strict, max_pixels=max_pixels, prune=prune, progress=progress,
                 encoder=encoder, commit_views=commit_views, verify=verify, encoder_cache=encoder_cache,
-                compile=compile, normalize=normalize, extents_from=extents_from)
+                compile=compile, normalize=normalize, extents_from=extents_from, scan=scan)
     except BaseException:
         if created and out.is_dir() and not index_exists(out):  # nothing committed: leave no empty folder behind
             import shutil
@@ -125,17 +130,17 @@ def _discard(out: Path):
 
 def _update(dataset, views, out, spec, want, report, *, device, precision, batch_size, feature_dtype, strict,
             max_pixels, prune, progress, encoder, commit_views, verify, encoder_cache=None, compile="auto",
-            normalize=False, extents_from=None):
+            normalize=False, extents_from=None, scan=None):
     # Decide per view: unchanged, copy from an identical image, or embed; before any model is built.
-    shas: dict[int, str] = {}
-    for i, v in enumerate(views):
-        try:
-            shas[i] = content_sha256(v.path)
-        except OSError as e:
-            msg = f"{v.path}: cannot read ({e.strerror or e})"
-            if strict:
-                raise ImageError(msg) from None
-            report.failed.append((v.path, msg))
+    if isinstance(scan, PendingScan):
+        scan = scan.result()
+    if scan is None or not scan.covers(views, max_pixels):
+        scan = scan_views(views, max_pixels)
+    for i in sorted(scan.unreadable):
+        if strict:
+            raise ImageError(scan.unreadable[i])
+        report.failed.append((views[i].path, scan.unreadable[i]))
+    shas = scan.shas
     writer = None
     if index_exists(out):
         writer = IndexWriter(out, commit_views=commit_views)
@@ -178,14 +183,19 @@ def _update(dataset, views, out, spec, want, report, *, device, precision, batch
         if to_embed or to_copy or copy_later or prune or report.repaired or not stored.get("extents"):
             from .calibration import measure_extents
 
-            domains = {v.domain for v in views}
-            measured = views if extents_from is None else [v for v in extents_from.views if v.domain in domains]
-            extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in measured], max_pixels)
+            if extents_from is None and scan.extents is not None:  # measured on these views while torch loaded
+                extents = scan.extents
+            else:
+                domains = {v.domain for v in views}
+                measured = views if extents_from is None else [v for v in extents_from.views if v.domain in domains]
+                extents = measure_extents([(v.domain, v.shape, v.viewpoint, v.path) for v in measured], max_pixels)
             if normalize:  # framed views keep the extent they were framed to (no spread): only new ones are set
                 extents = {d: {vp: dict(e, extent_range=[e["extent"]] * 2, centre_radius=0.0)
                                for vp, e in vps.items() if vp not in stored.get("extents", {}).get(d, {})}
                            for d, vps in extents.items()}
         if to_embed and encoder is None:
+            from .encoder import LayerEncoder
+
             encoder = LayerEncoder(spec, device=device, precision=precision)
             if encoder_cache is not None:
                 encoder_cache["encoder"] = encoder
