@@ -177,7 +177,8 @@ def index_cmd(dataset_dir, out, patterns, preset, view_map, split, sketch_viewpo
 
         chosen = [v for v in ds.views if not dom or v.domain in dom]
         scan = start_scan(chosen, max_pixels, extents=True) if chosen else None
-    from .encoder import EncoderSpec  # imports torch: 2 s
+    from . import encoder  # noqa: F401 (imports torch, 1.5-2 s, while the child scans: not before it forks)
+    from .spec import EncoderSpec
 
     skip_final_collection()
 

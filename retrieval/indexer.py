@@ -20,8 +20,10 @@ from .errors import CvretError, EncoderError, ImageError, StoreError
 from .prescan import PendingScan, ViewScan, scan_views
 from .store import IndexWriter, index_exists
 
+from .spec import EncoderSpec
+
 if TYPE_CHECKING:  # imported when a model is built: `cvret index` scans the files while torch loads (prescan.py)
-    from .encoder import EncoderSpec, LayerEncoder
+    from .encoder import LayerEncoder
 
 
 @dataclass

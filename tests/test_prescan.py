@@ -14,7 +14,6 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from retrieval.calibration import measure_extents
@@ -22,7 +21,7 @@ from retrieval.dataset import View, discover
 from retrieval.errors import ImageError
 from retrieval.images import content_sha256
 from retrieval.indexer import build_index
-from retrieval.prescan import PendingScan, ViewScan, scan_views, start_scan
+from retrieval.prescan import ViewScan, scan_views, start_scan
 from retrieval.store import FeatureStore
 
 from .conftest import make_dataset
