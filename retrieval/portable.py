@@ -123,14 +123,30 @@ def write_model(spec: EncoderSpec, trunk) -> Path | None:
     return None
 
 
-def ensure_model(encoder) -> Path | None:
+def model_listed(spec: EncoderSpec) -> bool:
+    """Whether the cache holds a model for `spec` by its sidecar (key and size), without reading or hashing the
+    model: the indexer's cheap check; `read_model` verifies every byte before a query trusts it."""
+    paths = model_paths(spec)
+    try:
+        meta = json.loads(paths[1].read_text()) if paths is not None else None
+        return bool(meta) and meta.get("key") == model_key(spec) and paths[0].stat().st_size == meta.get("bytes")
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_model(encoder, verify: bool = True) -> Path | None:
     """Write the ONNX model of a torch `LayerEncoder`'s weights when it can be used and is not cached yet.
 
-    Returns the path written, or None (already there, no cache, or onnxruntime/the exporter missing).
+    `verify`: a model already there counts only if every byte checks out (`read_model`: what a query that found
+    it damaged needs, to write it again); False trusts its sidecar (`model_listed`: `cvret index`, which would
+    otherwise read and hash 100 MB in every run). Returns the path written, or None (already there, no cache,
+    or onnxruntime/the exporter missing).
     """
     spec = encoder.spec
     paths = model_paths(spec)
-    if paths is None or not (runtime_available() and exporter_available()) or read_model(spec) is not None:
+    if paths is None or not (runtime_available() and exporter_available()):
+        return None
+    if (read_model(spec) is not None) if verify else model_listed(spec):
         return None
     t = time.perf_counter()
     path = write_model(spec, encoder.fp32_trunk())

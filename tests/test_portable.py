@@ -228,3 +228,18 @@ def test_gpu_probe_does_not_import_torch_without_a_driver():
             "print(choose_gpu_backend('auto'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["None", "False"]
+
+
+def test_index_check_trusts_the_sidecar_and_a_query_repairs(cache):
+    """`cvret index` checks the sidecar only (no 100 MB read per run); a query that finds the model damaged
+    (`verify=True`, its fallback path) writes it again."""
+    enc, path = small_model(cache)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # same size: only the checksum can tell
+    path.write_bytes(bytes(data))
+    assert portable.model_listed(SMALL) and portable.read_model(SMALL) is None
+    assert portable.ensure_model(enc, verify=False) is None  # the indexer's check: left as it is
+    assert portable.ensure_model(enc) == path  # the query's: rewritten
+    assert portable.read_model(SMALL) is not None
+    path.write_bytes(path.read_bytes()[:-1])
+    assert not portable.model_listed(SMALL)  # a size that differs is seen without reading
