@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from retrieval.calibration import measure_extents
 from retrieval.dataset import View, discover
@@ -158,8 +159,14 @@ def test_cli_index_scans_in_a_child_and_stores_what_an_inline_build_stores(small
         assert any(e[0] != parent and e[1:] == ["import", "scipy.ndimage"] for e in events)
         assert ["frozen at exit", True] in mine  # the last collections skipped (cli.skip_final_collection)
 
-        # the same dataset built the old way: in-process, no scan given, the same encoder settings
-        build_index(discover(data), ref, encoder32.spec, encoder=encoder32, progress=False, compile="never")
+        # the same dataset built the old way: in-process, no scan given, the same encoder settings, and one thread
+        # like the CLI run (_run sets OMP_NUM_THREADS=1): fp32 convolutions split over two threads round differently
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            build_index(discover(data), ref, encoder32.spec, encoder=encoder32, progress=False, compile="never")
+        finally:
+            torch.set_num_threads(threads)
         got, want = _stored(out), _stored(ref)
         assert got["fingerprint"] == want["fingerprint"]
         assert got["calibration"] == want["calibration"] and len(got["calibration"]["extents"]["npr"]) == 3
