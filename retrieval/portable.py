@@ -38,8 +38,13 @@ ONNX_MAX_IMAGES = 32  # a query with more sketches than this runs on torch (bf16
 BACKENDS = ("auto", "torch", "onnx")
 
 
+def enabled() -> bool:
+    """`CVRET_ONNX=0` (or off/false/no) turns the ONNX encoder off: no model is written, queries run on torch."""
+    return os.environ.get("CVRET_ONNX", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def runtime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+    return enabled() and importlib.util.find_spec("onnxruntime") is not None
 
 
 def exporter_available() -> bool:

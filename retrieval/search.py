@@ -79,6 +79,8 @@ def _onnx_encoder(spec: EncoderSpec, device: str, precision: str, backend: str):
     enc = portable.open_onnx_encoder(spec)
     if enc is not None or backend == "auto":
         return enc
+    if not portable.enabled():
+        raise EncoderError("--backend onnx: CVRET_ONNX=0 turns the ONNX encoder off")
     missing = [m for m, ok in (("onnxruntime", portable.runtime_available()),
                                ("onnx and onnxscript", portable.exporter_available())) if not ok]
     if missing:

@@ -19,6 +19,9 @@ from retrieval.encoder import EncoderSpec, LayerEncoder
 # The folded-trunk disk cache of this test run: fresh, so a stale user cache cannot hide a bug, and set in
 # the environment so that the CLI processes the tests start share it.
 os.environ["CVRET_CACHE_DIR"] = tempfile.mkdtemp(prefix="cvret-test-cache-")
+# The ONNX query encoder is off for the suite (queries on torch, as the Python API's default, and no 7 s export
+# per weights in every test that indexes): tests/test_portable.py and the start-up bench's test turn it on.
+os.environ["CVRET_ONNX"] = "0"
 
 VIEWPOINTS = ("az000", "az030", "az075")
 AZIMUTHS = {"az000": 0.0, "az030": 30.0, "az075": 75.0}

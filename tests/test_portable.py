@@ -23,19 +23,37 @@ from .conftest import run_cli
 SMALL = EncoderSpec("untrained", layer="layer2", seed=11, image_size=64)  # quick to export and run
 
 
-SESSION_CACHE = Path(os.environ["CVRET_CACHE_DIR"])  # conftest's: index32's CLI run wrote its trunk and ONNX model
+SESSION_CACHE = Path(os.environ["CVRET_CACHE_DIR"])  # conftest's
+
+
+@pytest.fixture(autouse=True)
+def onnx_on(monkeypatch):
+    """conftest turns the ONNX encoder off for the rest of the suite; here it is what is tested."""
+    monkeypatch.setenv("CVRET_ONNX", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def session_model(encoder32):
+    """The ONNX model of the test indexes' weights (untrained, seed 0) in the session cache, exported once."""
+    old = os.environ.get("CVRET_ONNX")
+    os.environ["CVRET_ONNX"] = "1"
+    try:
+        portable.ensure_model(encoder32)
+    finally:
+        os.environ["CVRET_ONNX"] = old
+    assert portable.read_model(encoder32.spec) is not None
 
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory) -> Path:
     """A cache holding SMALL's folded trunk and ONNX model, exported once for the module."""
     folder = tmp_path_factory.mktemp("small-cache")
-    old = os.environ["CVRET_CACHE_DIR"]
-    os.environ["CVRET_CACHE_DIR"] = str(folder)
+    old = os.environ["CVRET_CACHE_DIR"], os.environ.get("CVRET_ONNX")
+    os.environ["CVRET_CACHE_DIR"], os.environ["CVRET_ONNX"] = str(folder), "1"
     try:
         path = portable.ensure_model(LayerEncoder(SMALL, device="cpu", precision="fp32"))
     finally:
-        os.environ["CVRET_CACHE_DIR"] = old
+        os.environ["CVRET_CACHE_DIR"], os.environ["CVRET_ONNX"] = old
     assert path is not None and path.is_file() and path.with_suffix(".json").is_file()
     return folder
 
@@ -103,6 +121,16 @@ def test_no_cache_means_no_model(monkeypatch):
     monkeypatch.setenv("CVRET_CACHE_DIR", "")
     assert portable.model_paths(SMALL) is None
     assert portable.ensure_model(LayerEncoder(SMALL, device="cpu", precision="fp32")) is None
+
+
+def test_switched_off(cache, index32, dataset, monkeypatch):
+    """CVRET_ONNX=0: the cached model is not used, none is written, and --backend onnx says why it cannot run."""
+    monkeypatch.setenv("CVRET_ONNX", "0")
+    assert portable.open_onnx_encoder(SMALL) is None
+    assert portable.ensure_model(LayerEncoder(SMALL, device="cpu", precision="fp32"), verify=False) is None
+    sketch = Path(dataset) / "sketch" / "shape01" / "az000.png"
+    res = run_cli(["query", sketch, "--index", index32, "--backend", "onnx"], ok=False)
+    assert res.exit_code == 1 and "CVRET_ONNX=0 turns the ONNX encoder off" in res.output
 
 
 def test_backend_choice(index32, tmp_path, monkeypatch):

@@ -103,8 +103,9 @@ def test_bench_quick_memory_and_scale(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_quick_startup(dataset, tmp_path):
+def test_bench_quick_startup(dataset, tmp_path, monkeypatch):
     """The issue-14 start-up section: `cvret index` at two sizes, a cold `cvret query`, the import breakdown."""
+    monkeypatch.setenv("CVRET_ONNX", "1")  # conftest turns it off; the section measures the default query path
     rep = run_bench(tmp_path, "startup", "--data", dataset, "--startup-views", "3,6", "--query-runs", "1")
     st = rep["sections"]["startup"]
     assert st["index"]["small"]["views"] == 3 and st["index"]["large"]["views"] == 6
