@@ -218,10 +218,15 @@ def test_sigkill_real_cvret_index(tmp_path):
            "--batch-size", "2", "--commit-every", "2"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300
+    manifest = tmp_path / "k" / MANIFEST_FILE
     while time.time() < deadline and p.poll() is None:  # wait for the first committed segment, then kill
-        segs = tmp_path / "k" / SEGMENTS_DIR
-        if segs.is_dir() and any(not n.name.count(".tmp-") for n in segs.iterdir()):
-            break
+        # committed = listed by the manifest (renamed into place atomically); a segment file alone is not yet
+        # committed, and a kill just after it was written would rightly leave nothing to resume from
+        try:
+            if json.loads(manifest.read_text()).get("segments"):
+                break
+        except (OSError, ValueError):
+            pass
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
