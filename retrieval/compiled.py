@@ -11,8 +11,6 @@ number of views (`--compile auto`) and queries stay eager.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from .cache import cache_dir, key_name
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,7 @@ def package_path(trunk_key: dict, precision: str, device: torch.device) -> Path 
     if folder is None:
         return None
     key = {**trunk_key, "compiled": FORMAT, "precision": precision, "device": device.type}
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return folder / "compiled" / f"{name}.pt2"
+    return folder / "compiled" / f"{key_name(key)}.pt2"
 
 
 def wants_compiled(mode: str, n_views: int, device: torch.device, path: Path | None) -> bool:

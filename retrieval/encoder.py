@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 
 from .errors import EncoderError
 from .fingerprint import Fingerprint
-from .images import load_image, preprocess_array
+from .images import load_image, preprocess_array, preprocess_batch
 from .spec import (LAYERS, PREPROCESS_VERSION, EncoderSpec, check_spec, remembered_weights_file,  # noqa: F401
                    weights_file_record)
 from .trunk import FoldedStates, FoldedTrunk, materialize, trunk_key
@@ -218,9 +217,7 @@ class LayerEncoder:
 
     def encode_images(self, images: Iterable) -> np.ndarray:
         """PIL images or paths → (B, D) float32 features (raises ImageError on the first bad image)."""
-        arrs = [preprocess_array(load_image(im) if isinstance(im, (str, Path)) else im, self.spec.image_size)
-                for im in images]
-        return self.encode_arrays(np.stack(arrs))
+        return self.encode_arrays(preprocess_batch(images, self.spec.image_size))
 
     def encode_paths(self, paths: list[str], batch_size: int = 16, max_pixels: int | None = None,
                      on_error: Callable[[int, Exception], None] | None = None,

@@ -175,6 +175,12 @@ def preprocess_array(im: Image.Image, size: int = 224) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def preprocess_batch(images, size: int = 224) -> np.ndarray:
+    """PIL images or paths → (B, 3, size, size) float32, what an encoder's `encode_images` feeds its trunk
+    (a path is decoded with `load_image`, so a bad file raises ImageError naming it)."""
+    return np.stack([preprocess_array(load_image(im) if isinstance(im, (str, Path)) else im, size) for im in images])
+
+
 def content_sha256(path: str | Path) -> str:
     import hashlib
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -27,7 +28,7 @@ import numpy as np
 from .cache import cache_dir, key_name, trunk_key
 from .errors import EncoderError
 from .fingerprint import Fingerprint
-from .spec import PREPROCESS_VERSION, EncoderSpec, check_spec, feature_shape, weights_file_record
+from .spec import EncoderSpec, check_spec, feature_shape, weights_file_record
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ INPUT, OUTPUT = "image", "features"
 OPSET = 18
 ONNX_MAX_IMAGES = 32  # a query with more sketches than this runs on torch (bf16 pays back its import)
 BACKENDS = ("auto", "torch", "onnx")
+
+
+def check_backend(backend: str):
+    """Refuse a backend name cvret does not have (one message for the engine and `encoder_for_index`)."""
+    if backend not in BACKENDS:
+        raise EncoderError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def enabled() -> bool:
@@ -162,13 +169,10 @@ def ensure_model(encoder, verify: bool = True) -> Path | None:
 
 def _threads() -> int:
     """onnxruntime's intra-op threads: OMP_NUM_THREADS when set (as torch reads it), else all usable cores."""
+    from .pool import available_cores
+
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return int(env) if env.isdigit() and int(env) > 0 else available_cores()
 
 
 class OnnxEncoder:
@@ -195,10 +199,8 @@ class OnnxEncoder:
 
     @property
     def fingerprint(self) -> Fingerprint:
-        return Fingerprint(model=self.spec.model, layer=self.spec.layer, weights=self.spec.identity,
-                           image_size=self.spec.image_size, preprocess=PREPROCESS_VERSION,
-                           feature_shape=tuple(self.feature_shape), precision=self.precision,
-                           extra={**weights_file_record(self.spec.weights), "runtime": self.runtime})
+        return replace(self.spec.expected_fingerprint(), feature_shape=tuple(self.feature_shape),
+                       precision=self.precision, extra={**weights_file_record(self.spec.weights), "runtime": self.runtime})
 
     def encode_arrays(self, batch: np.ndarray) -> np.ndarray:
         """(B,3,H,W) preprocessed float32 → (B, D) float32 features, flattened C,H,W (as LayerEncoder's)."""
@@ -207,11 +209,9 @@ class OnnxEncoder:
 
     def encode_images(self, images: Iterable) -> np.ndarray:
         """PIL images or paths → (B, D) float32 features (raises ImageError on the first bad image)."""
-        from .images import load_image, preprocess_array
+        from .images import preprocess_batch
 
-        arrs = [preprocess_array(load_image(im) if isinstance(im, (str, Path)) else im, self.spec.image_size)
-                for im in images]
-        return self.encode_arrays(np.stack(arrs))
+        return self.encode_arrays(preprocess_batch(images, self.spec.image_size))
 
 
 def open_onnx_encoder(spec: EncoderSpec) -> OnnxEncoder | None:

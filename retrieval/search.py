@@ -18,7 +18,7 @@ from .distance import candidate_count
 from .errors import CvretError, EncoderError
 from .fingerprint import Fingerprint
 from .index import ShapeIndex
-from .portable import BACKENDS
+from .portable import check_backend
 from .spec import EncoderSpec
 
 
@@ -48,8 +48,7 @@ def encoder_for_index(index: ShapeIndex, weights: str | None = None, device: str
     exported first when not cached) or 'auto' (the ONNX encoder when its model is cached and the
     options allow it, else torch: a short query then never imports torch).
     """
-    if backend not in BACKENDS:
-        raise EncoderError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     local = weights if weights not in (None, "openai", "untrained") else None
     built = str(index.fingerprint.get("weights"))
     if weights in ("openai", "untrained") and built.split(":", 1)[0] != weights:
@@ -125,8 +124,7 @@ class QueryEngine:
         if encoder is not None:
             _check_encoder(index, encoder)
         self._encoder = encoder
-        if backend not in BACKENDS:
-            raise CvretError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         self._encoder_options = {"weights": weights, "device": device, "precision": precision, "backend": backend}
         self.normalize = normalize
         self.max_pixels = max_pixels

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..dataset import write_dataset_json
 from ..errors import ConfigError
 from ..fsio import atomic_write_text
-from ..pool import run_jobs
+from ..pool import available_cores, run_jobs
 from ..viewpoints import DEFAULT_VIEWPOINTS, Viewpoint
 from .shapes import CATEGORIES, GENERATOR_VERSION, generate_shape_spec, shape_id
 from .sketch import SKETCH_VERSION, STYLES, resolve_style, sketch_seed, sketchify
@@ -143,13 +143,6 @@ def _worker_init() -> None:
         os.environ.setdefault(var, "1")
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def make_demo_dataset(out_dir, counts: dict | None = None, seed: int = 0, style="medium", size: int = 224,
                       viewpoints=DEFAULT_VIEWPOINTS, workers: int | None = None, progress: bool = True,
                       settings=None, force: bool = False) -> dict:
@@ -188,7 +181,7 @@ def make_demo_dataset(out_dir, counts: dict | None = None, seed: int = 0, style=
     vps = [vp.to_dict() for vp in viewpoints]
     jobs = [(str(out), c, i, int(seed), level, settings, vps, fingerprint) for c, i in todo]
     if workers is None:
-        workers = _cpu_count()
+        workers = available_cores()
     workers = max(1, min(int(workers), len(jobs) or 1))
 
     bar = None
